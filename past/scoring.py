@@ -1,0 +1,49 @@
+"""Answer scoring shared by the eval gate, the GRPO rule rewards and the method benchmark.
+
+SQuAD-style normalisation (lower-case, strip punctuation and articles, collapse spaces), then:
+exact match, token-F1, and "answer contained" (the normalised reference appears inside the prediction).
+"""
+
+from __future__ import annotations
+
+import re
+import string
+from collections import Counter
+
+_ARTICLES = re.compile(r"\b(a|an|the)\b")
+_PUNCT = str.maketrans("", "", string.punctuation)
+
+
+def normalize(text: str) -> str:
+    text = text.lower().translate(_PUNCT)
+    text = _ARTICLES.sub(" ", text)
+    return " ".join(text.split())
+
+
+def exact_match(prediction: str, reference: str) -> float:
+    return float(normalize(prediction) == normalize(reference))
+
+
+def token_f1(prediction: str, reference: str) -> float:
+    pred, ref = normalize(prediction).split(), normalize(reference).split()
+    if not pred or not ref:
+        return float(pred == ref)
+    common = Counter(pred) & Counter(ref)
+    overlap = sum(common.values())
+    if overlap == 0:
+        return 0.0
+    precision, recall = overlap / len(pred), overlap / len(ref)
+    return 2 * precision * recall / (precision + recall)
+
+
+def contains(prediction: str, reference: str) -> float:
+    ref = normalize(reference)
+    return float(bool(ref) and f" {ref} " in f" {normalize(prediction)} ")
+
+
+def score_all(prediction: str, reference: str) -> dict[str, float]:
+    return {
+        "exact_match": exact_match(prediction, reference),
+        "token_f1": token_f1(prediction, reference),
+        "contains": contains(prediction, reference),
+    }
