@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import sys
 import tomllib
 import types
 import typing
@@ -18,6 +19,11 @@ from pathlib import Path
 
 from past.errors import PastError
 from typing import Any
+
+
+# The Makefile builds the vLLM serving venv as a sibling of the main venv; find it from the running interpreter
+# so `past` works from any working directory.
+_DEFAULT_SERVE_PYTHON = Path(sys.prefix).parent / ".venv-serve" / "bin" / "python"
 
 
 def _f(default: Any, help: str) -> Any:  # noqa: A002 - mirrors TRL's field(metadata={"help": ...}) habit
@@ -39,8 +45,8 @@ class Settings:
                             "(e.g. `*embed_tokens*,lm_head*` to skip embeddings as Chat Vector does).")
 
     # --- serving (OpenAI-compatible endpoint, vLLM by default) -----------------------------------
-    serve_python: Path = _f(Path(".venv-serve/bin/python"), "Python of the environment that has vLLM "
-                            "(the CPU serving venv the Makefile builds, or a GPU env with official vllm).")
+    serve_python: Path = _f(_DEFAULT_SERVE_PYTHON, "Python of the environment that has vLLM (default: the CPU "
+                            "serving venv `.venv-serve` the Makefile builds beside `.venv`; or a GPU env with vllm).")
     serve_url: str = _f("", "Use an already-running OpenAI-compatible endpoint at this base URL "
                         "(e.g. http://127.0.0.1:8000/v1) instead of starting vLLM.")
     serve_startup_timeout_s: float = _f(300.0, "Seconds to wait for a started server's /health before giving up.")

@@ -1,0 +1,74 @@
+"""The `past` CLI as a user runs it: real subprocesses, exit codes, one clear error line."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+
+def past(*args: str, env: dict | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run([sys.executable, "-m", "past.cli", *args], capture_output=True, text=True,
+                          env=full_env, timeout=timeout)
+
+
+def test_help_lists_commands() -> None:
+    r = past("--help")
+    assert r.returncode == 0
+    for cmd in ("doctor", "config", "model", "demo"):
+        assert cmd in r.stdout
+
+
+def test_config_shows_values_and_help() -> None:
+    r = past("config", env={"PAST_LAM": "0.75"})
+    assert r.returncode == 0 and "lam = 0.75" in r.stdout and "PAST_LAM" in r.stdout
+
+
+def test_bad_setting_is_one_error_line() -> None:
+    r = past("config", env={"PAST_LAM": "inf"})
+    assert r.returncode == 2
+    assert r.stderr.strip().startswith("error:") and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_doctor_reports_every_component_and_fixes(tmp_path: Path) -> None:
+    r = past("doctor", env={"PAST_SERVE_PYTHON": str(tmp_path / "nope" / "python"),
+                            "PAST_PREFECT_API_URL": "http://127.0.0.1:9/api"})
+    out = r.stdout
+    for name in ("python deps", "torch device", "home folder", "base model", "serving", "mlflow store",
+                 "prefect api", "teacher/judge"):
+        assert name in out, f"doctor does not report {name!r}"
+    assert r.returncode == 1, "a missing serving env is a failure"
+    assert "make serve-env" in out and "past model prepare" in out and "past up" in out
+
+
+def test_doctor_flags_damaged_cached_model(tmp_path: Path, make_tiny) -> None:
+    home = Path(os.environ["PAST_HOME"])
+    cached = home / "models" / "smollm2-135m-instruct"
+    cached.parent.mkdir(parents=True)
+    make_tiny("x").rename(cached)
+    (cached / "config.json").write_text("{}")
+    r = past("doctor")
+    assert "cached copy damaged" in r.stdout and r.returncode == 1
+
+
+def test_model_tiny_and_verify(tmp_path: Path) -> None:
+    out = tmp_path / "tiny"
+    r = past("model", "tiny", "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    assert past("model", "verify", str(out)).returncode == 0
+    (out / "model.safetensors").write_bytes(b"\0" * 10)
+    r = past("model", "verify", str(out))
+    assert r.returncode == 2 and "model.safetensors" in r.stderr
+
+
+@pytest.mark.vllm
+def test_demo_serving_path_on_tiny_model(tmp_path: Path, tiny_model_dir: Path, serve_python: Path) -> None:
+    """`past demo` end to end through a real vLLM CPU server (tiny model: the answer is noise, but real)."""
+    r = past("demo", "--question", "Hello?", env={"PAST_BASE_MODEL": str(tiny_model_dir),
+                                                  "PAST_SERVE_PYTHON": str(serve_python)}, timeout=600)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "A: " in r.stdout and "server stopped" in r.stdout
