@@ -55,13 +55,15 @@ class Settings:
                                "(e.g. `--tensor-parallel-size 4` on a GPU node).")
 
     # --- eval gate --------------------------------------------------------------------------------
-    gate_min_accuracy: float = _f(0.2, "Floor on the candidate's new-corpus accuracy (token-F1 ≥ 0.5 counts "
-                                  "as correct unless a judge is configured).")
+    gate_min_accuracy: float = _f(0.2, "Floor on the candidate's new-corpus accuracy (token-F1 ≥ 0.5 or the "
+                                  "reference contained in the answer counts as correct unless a judge is configured).")
     gate_margin: float = _f(0.0, "Candidate must beat the champion on the new corpus by at least this much.")
     gate_retention_tolerance: float = _f(0.05, "Largest allowed drop in retention accuracy vs the champion.")
     gate_concurrency: int = _f(8, "Concurrent requests the gate sends to the endpoint.")
     gate_request_timeout_s: float = _f(60.0, "Timeout of one gate request.")
     gate_max_tokens: int = _f(64, "Max new tokens per gate answer.")
+    gate_max_error_rate: float = _f(0.05, "Largest fraction of gate requests that may fail (error, timeout, empty "
+                                    "or malformed answer) before the gate fails closed.")
 
     # --- teacher (QA generation) and judge endpoints ---------------------------------------------
     teacher_base_url: str = _f("", "OpenAI-compatible base URL of the teacher that writes QA pairs; "
@@ -198,7 +200,7 @@ def _validate(s: Settings) -> None:
 
     if not math.isfinite(s.lam) or abs(s.lam) > 10:
         raise ConfigError(f"setting 'lam': {s.lam} is not a sensible λ (finite, |λ| ≤ 10)")
-    for name in ("gate_min_accuracy", "gate_retention_tolerance"):
+    for name in ("gate_min_accuracy", "gate_retention_tolerance", "gate_max_error_rate"):
         v = getattr(s, name)
         if not 0.0 <= v <= 1.0:
             raise ConfigError(f"setting {name!r}: {v} is outside [0, 1]")
