@@ -1,0 +1,271 @@
+"""Two-stage knowledge SFT on TRL's SFTTrainer: stage 1 memorizes the documents, stage 2 learns to answer.
+
+- Stage 1 (memorize): causal-LM loss on every document (title + text), plus the teacher's implications when
+  there are any, packed into `max_length` blocks (`packing=True`, best-fit decreasing, so documents are not
+  cut mid-way when they fit). *All* documents are trained here, including those whose QA is held out: the
+  eval split measures whether knowledge read in stage 1 can be recalled as answers, never seen as QA.
+- Stage 2 (QA): chat-formatted pairs in TRL's conversational prompt-completion format
+  (`prompt=[user]`, `completion=[assistant]`), which gives loss on the answer tokens only
+  (`completion_only_loss`); the model's own chat template renders them, as the gate will at serving time.
+
+LoRA (PEFT) by default, merged into full weights after each stage, so every stage output is a plain model
+folder (safetensors, tokenizer + chat template, generation config, `past-model.json` manifest), written to a
+temp folder and renamed. `use_lora=False` fine-tunes all weights instead.
+
+Restartability: each stage checkpoints every `save_steps` into the run's work folder; running the same
+command again resumes the unfinished stage from its last *complete* checkpoint (one whose
+`trainer_state.json`, written last, exists) and skips a stage whose merged model is already published.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import re
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from past.corpus import Corpus, QAPair, load_corpus, write_splits
+from past.errors import PastError
+from past.models import MANIFEST, publish_dir, staging_dir, verify_model_dir, write_manifest
+
+
+def _f(default, help: str):  # noqa: A002 - TRL-style help metadata
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass
+class SFTRecipe:
+    use_lora: bool = _f(True, "LoRA adapters merged at the end of each stage; False = full fine-tuning.")
+    lora_r: int = _f(16, "LoRA rank.")
+    lora_alpha: int = _f(32, "LoRA alpha (scale = alpha / r).")
+    lora_dropout: float = _f(0.0, "LoRA dropout.")
+    lora_targets: str = _f("all-linear", "PEFT target_modules: `all-linear` or comma-separated module names.")
+    epochs_memorize: float = _f(3.0, "Stage 1 epochs over the documents (+ implications).")
+    epochs_qa: float = _f(3.0, "Stage 2 epochs over the training QA.")
+    lr_memorize: float = _f(2e-4, "Stage 1 learning rate (LoRA scale; ~2e-5 for full fine-tuning).")
+    lr_qa: float = _f(2e-4, "Stage 2 learning rate.")
+    lr_scheduler: str = _f("linear", "transformers lr scheduler type for both stages.")
+    warmup: float = _f(0.0, "Warm-up: a float in [0, 1) is a fraction of the steps, a whole number ≥ 1 a step count.")
+    batch_size: int = _f(8, "Per-device batch size (stage 1: packed blocks; stage 2: QA pairs).")
+    grad_accum: int = _f(1, "Gradient accumulation steps.")
+    max_length: int = _f(512, "Tokens per packed block (stage 1) and per QA example (stage 2).")
+    eval_fraction: float = _f(0.2, "Share of documents whose QA is held out for the eval gate.")
+    seed: int = _f(0, "Seed of the split, LoRA init and data order.")
+    save_steps: int = _f(50, "Checkpoint every N optimizer steps (resume point after a crash).")
+    save_total_limit: int = _f(2, "Checkpoints kept per stage.")
+    max_steps_memorize: int = _f(-1, "Cap stage 1 at N steps (overrides epochs when > 0; tests, benchmarks).")
+    max_steps_qa: int = _f(-1, "Cap stage 2 at N steps (overrides epochs when > 0).")
+    skip_memorize: bool = _f(False, "Skip stage 1 (QA-only SFT).")
+
+    @classmethod
+    def from_settings(cls, settings, **overrides) -> "SFTRecipe":
+        lr = settings.sft_learning_rate
+        base = dict(use_lora=settings.sft_use_lora, epochs_memorize=settings.sft_epochs_memorize,
+                    epochs_qa=settings.sft_epochs_qa, lr_memorize=lr, lr_qa=lr, seed=settings.seed)
+        base.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**base)
+
+    def key(self) -> dict:
+        return asdict(self)
+
+
+class SFTError(PastError):
+    """SFT could not start or finish (no QA, bad base model, output already taken)."""
+
+
+# --- datasets ---------------------------------------------------------------------------------------------
+def memorize_texts(corpus: Corpus, implications: dict[str, list[str]] | None = None) -> list[str]:
+    texts = []
+    for d in corpus.documents:
+        body = d.text if d.text.lstrip().startswith("#") else f"{d.title}\n\n{d.text}"
+        texts.append(body)
+        if implications and implications.get(d.id):
+            texts.append(f"{d.title}\n\n" + "\n".join(implications[d.id]))
+    return texts
+
+
+def qa_examples(pairs: list[QAPair]) -> list[dict]:
+    """TRL conversational prompt-completion rows: loss falls on the assistant answer only."""
+    return [{"prompt": [{"role": "user", "content": p.question}],
+             "completion": [{"role": "assistant", "content": p.answer}]} for p in pairs]
+
+
+# --- checkpoints ------------------------------------------------------------------------------------------
+def last_complete_checkpoint(ckpt_dir: Path) -> Path | None:
+    """Highest `checkpoint-N` whose trainer_state.json exists (the Trainer writes it last)."""
+    best, best_step = None, -1
+    for p in Path(ckpt_dir).glob("checkpoint-*") if Path(ckpt_dir).is_dir() else []:
+        m = re.fullmatch(r"checkpoint-(\d+)", p.name)
+        if m and (p / "trainer_state.json").is_file() and int(m.group(1)) > best_step:
+            best, best_step = p, int(m.group(1))
+    # a half-written later checkpoint (killed mid-save) would confuse rotation: drop it
+    for p in Path(ckpt_dir).glob("checkpoint-*") if Path(ckpt_dir).is_dir() else []:
+        m = re.fullmatch(r"checkpoint-(\d+)", p.name)
+        if m and int(m.group(1)) > best_step:
+            shutil.rmtree(p, ignore_errors=True)
+    return best
+
+
+# --- one stage --------------------------------------------------------------------------------------------
+def train_stage(name: str, model_dir: Path, rows: list[dict], recipe: SFTRecipe, stage_dir: Path,
+                final_dir: Path, epochs: float, lr: float, max_steps: int, packing: bool,
+                manifest_extra: dict | None = None, progress: bool = True, save_model: bool = True) -> dict:
+    """Train one stage from `model_dir` and publish the merged model to `final_dir`. Returns its metrics."""
+    import torch
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import SFTConfig, SFTTrainer
+
+    if not rows:
+        raise SFTError(f"stage {name}: no training examples")
+    stage_dir.mkdir(parents=True, exist_ok=True)
+    ckpt_dir = stage_dir / "checkpoints"
+    resume = last_complete_checkpoint(ckpt_dir)
+    cuda = torch.cuda.is_available()
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    peft_config = None
+    if recipe.use_lora:
+        from peft import LoraConfig
+
+        targets = recipe.lora_targets if recipe.lora_targets == "all-linear" else \
+            [t.strip() for t in recipe.lora_targets.split(",") if t.strip()]
+        peft_config = LoraConfig(r=recipe.lora_r, lora_alpha=recipe.lora_alpha, lora_dropout=recipe.lora_dropout,
+                                 target_modules=targets, task_type="CAUSAL_LM")
+    args = SFTConfig(
+        output_dir=str(ckpt_dir), num_train_epochs=epochs, max_steps=max_steps if max_steps > 0 else -1,
+        learning_rate=lr, lr_scheduler_type=recipe.lr_scheduler, warmup_steps=recipe.warmup if recipe.warmup < 1 else int(recipe.warmup),
+        per_device_train_batch_size=recipe.batch_size, gradient_accumulation_steps=recipe.grad_accum,
+        max_length=recipe.max_length, packing=packing, dataset_text_field="text",
+        completion_only_loss=None if packing else True,
+        use_cpu=not cuda, bf16=cuda and torch.cuda.is_bf16_supported(),
+        gradient_checkpointing=False,  # ~2x slower on CPU; these models fit without it
+        report_to="none", logging_steps=1, save_strategy="steps", save_steps=recipe.save_steps,
+        save_total_limit=recipe.save_total_limit, seed=recipe.seed, data_seed=recipe.seed,
+        include_num_input_tokens_seen="non_padding", disable_tqdm=not progress, dataloader_num_workers=0,
+    )
+    trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tok,
+                         peft_config=peft_config)
+    t0 = time.perf_counter()
+    out = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    wall = time.perf_counter() - t0
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    runtime = float(out.metrics.get("train_runtime", wall))
+    tokens = int(trainer.state.num_input_tokens_seen or 0)
+    metrics = {
+        "stage": name, "steps": int(trainer.state.global_step), "resumed_from_step": _step_of(resume),
+        "examples": len(rows), "loss_first": losses[0] if losses else None,
+        "loss_last": losses[-1] if losses else None, "loss_curve": losses, "tokens": tokens,
+        "wall_s": round(wall, 3), "train_runtime_s": runtime,
+        "tokens_per_s": round(tokens / runtime, 1) if runtime > 0 else None, "use_lora": recipe.use_lora,
+    }
+    if save_model:
+        model = trainer.model.merge_and_unload() if recipe.use_lora else trainer.model
+        tmp = staging_dir(final_dir)
+        try:
+            model.save_pretrained(tmp, safe_serialization=True)
+            tok.save_pretrained(tmp)
+            write_manifest(tmp, source=f"past-sft:{name}", base_model=str(model_dir), sft=metrics,
+                           **(manifest_extra or {}))
+            publish_dir(tmp, final_dir, replace=True)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+    (stage_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    return metrics
+
+
+def _step_of(ckpt: Path | None) -> int:
+    return int(ckpt.name.split("-")[1]) if ckpt is not None else 0
+
+
+def _done(model_dir: Path, run_key: str) -> bool:
+    if not (model_dir / MANIFEST).is_file() or verify_model_dir(model_dir):
+        return False
+    return json.loads((model_dir / MANIFEST).read_text()).get("run_key") == run_key
+
+
+# --- both stages ------------------------------------------------------------------------------------------
+def run_key(corpus: Corpus, base_model: Path, recipe: SFTRecipe, qa: list[QAPair],
+            implications: dict[str, list[str]] | None) -> str:
+    """What makes two runs "the same command": corpus, base model, recipe, QA and implications."""
+    base_manifest = Path(base_model) / MANIFEST
+    base_id = hashlib.sha256(base_manifest.read_bytes()).hexdigest() if base_manifest.is_file() else str(base_model)
+    blob = json.dumps({"corpus": corpus.id, "base": base_id, "recipe": recipe.key(),
+                       "qa": sorted(p.id for p in qa), "impl": implications or {}}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def run_sft(corpus_path: Path, out_dir: Path, base_model: Path, recipe: SFTRecipe, work_dir: Path | None = None,
+            qa: list[QAPair] | None = None, implications: dict[str, list[str]] | None = None,
+            runs_dir: Path = Path(".past/runs"), overwrite: bool = False, progress: bool = True) -> dict:
+    """Stage 1 then stage 2 on `corpus_path`; the merged result lands in `out_dir`. Returns all metrics.
+
+    QA comes from the corpus's own qa.jsonl, else from `qa` (e.g. teacher-generated). The train/eval split
+    is written to `<work>/splits/` (eval.jsonl feeds the gate) and only the train side reaches stage 2.
+    """
+    corpus = load_corpus(corpus_path)
+    qa = corpus.qa if corpus.qa else (qa or [])
+    if not qa:
+        raise SFTError(f"{corpus_path}: no QA pairs; add qa.jsonl or run `past corpus generate-qa`")
+    out_dir, base_model = Path(out_dir), Path(base_model)
+    key = run_key(corpus, base_model, recipe, qa, implications)
+    work = Path(work_dir) if work_dir else Path(runs_dir) / f"sft-{corpus.id[:12]}-{key}"
+    work.mkdir(parents=True, exist_ok=True)
+    (work / "recipe.json").write_text(json.dumps({"run_key": key, "corpus_id": corpus.id, "base_model":
+                                                  str(base_model), "recipe": recipe.key()}, indent=2) + "\n")
+    split = write_splits(corpus, work / "splits", qa, recipe.eval_fraction, recipe.seed)
+    train_ids = {json.loads(line)["id"] for line in (work / "splits" / "train.jsonl").read_text().splitlines()}
+    train_qa = [p for p in qa if p.id in train_ids]
+
+    if _done(out_dir, key):
+        return json.loads((out_dir / MANIFEST).read_text())["metrics"]
+    if out_dir.exists() and not overwrite:
+        raise SFTError(f"{out_dir} already exists (from another run); pass overwrite/--overwrite to replace it")
+
+    extra = {"run_key": key, "corpus_id": corpus.id}
+    t0 = time.perf_counter()
+    metrics: dict = {"run_key": key, "corpus_id": corpus.id, "work_dir": str(work), "split": split}
+    start_model = base_model
+    if not recipe.skip_memorize:
+        s1 = work / "stage1"
+        if _done(s1 / "model", key):
+            m1 = json.loads((s1 / "metrics.json").read_text()) | {"skipped": True}
+        else:
+            rows = [{"text": t} for t in memorize_texts(corpus, implications)]
+            m1 = train_stage("memorize", base_model, rows, recipe, s1, s1 / "model", recipe.epochs_memorize,
+                             recipe.lr_memorize, recipe.max_steps_memorize, packing=True, manifest_extra=extra,
+                             progress=progress)
+        metrics["memorize"] = m1
+        start_model = s1 / "model"
+    s2 = work / "stage2"
+    tmp_final = work / "stage2-model"  # trained here, then published to out_dir with the full manifest
+    if _done(tmp_final, key):
+        m2 = json.loads((s2 / "metrics.json").read_text()) | {"skipped": True}
+    else:
+        m2 = train_stage("qa", start_model, qa_examples(train_qa), recipe, s2, tmp_final, recipe.epochs_qa,
+                         recipe.lr_qa, recipe.max_steps_qa, packing=False, manifest_extra=extra,
+                         progress=progress)
+    metrics["qa"] = m2
+    metrics["wall_s"] = round(time.perf_counter() - t0, 3)
+
+    stage = staging_dir(out_dir)
+    try:
+        for p in tmp_final.iterdir():
+            if p.name != MANIFEST:
+                shutil.copy2(p, stage / p.name)
+        write_manifest(stage, source="past-sft", base_model=str(base_model), run_key=key, corpus_id=corpus.id,
+                       recipe=recipe.key(), metrics=metrics)
+        publish_dir(stage, out_dir, replace=overwrite or out_dir.exists())
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+    return metrics
+
+
+def recipe_help() -> dict[str, str]:
+    return {f.name: f.metadata.get("help", "") for f in dataclasses.fields(SFTRecipe)}
