@@ -18,6 +18,8 @@ COMMAND_MODULES = [
     "past.cli.doctor",
     "past.cli.config",
     "past.cli.model",
+    "past.cli.corpus",
+    "past.cli.sft",
     "past.cli.demo",
 ]
 

@@ -1,0 +1,125 @@
+"""`past corpus validate|split|generate-qa`: check a corpus, split its QA, or have a teacher write QA."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("corpus", help="validate corpora, split QA, generate QA with a teacher",
+                       description="Corpus format and validation codes: docs/corpus.md.")
+    csub = p.add_subparsers(dest="corpus_command", metavar="ACTION", required=True)
+
+    v = csub.add_parser("validate", help="check a corpus folder or archive (exit 0 = valid, 1 = invalid)",
+                        description="Prints every problem as `[code] file: message` (or JSON with --json).")
+    v.add_argument("path", type=Path, help="corpus folder or .tar.gz/.tgz/.tar/.zip archive")
+    v.add_argument("--json", action="store_true", help="print a machine-readable JSON report")
+    v.add_argument("--quarantine", action="store_true",
+                   help="move an invalid corpus to <home>/quarantine/<name>-<time>/ with reasons.json")
+    v.set_defaults(func=run_validate)
+
+    s = csub.add_parser("split", help="deterministic train/eval QA split by document",
+                        description="Writes train.jsonl, eval.jsonl (id, question, answer, doc_id, corpus_id) "
+                        "and split.json into --out.")
+    s.add_argument("path", type=Path, help="corpus folder or archive")
+    s.add_argument("--out", type=Path, required=True, help="output folder")
+    s.add_argument("--qa", type=Path, default=None, help="QA file to split instead of the corpus's qa.jsonl "
+                   "(e.g. from generate-qa)")
+    s.add_argument("--eval-fraction", type=float, default=0.2, help="share of documents held out (default 0.2)")
+    s.add_argument("--seed", type=int, default=None, help="split seed (default: the seed setting)")
+    s.set_defaults(func=run_split)
+
+    g = csub.add_parser("generate-qa", help="ask a teacher endpoint for QA pairs and implications per document",
+                        description="Writes qa.jsonl, implications.jsonl and stats.json into --out. Results are "
+                        "cached in <home>/cache/qa by (document sha256, prompt version, model). Without a "
+                        "configured teacher (teacher_base_url), the base model is served with vLLM and used.")
+    g.add_argument("path", type=Path, help="corpus folder or archive")
+    g.add_argument("--out", type=Path, required=True, help="output folder")
+    g.add_argument("--base-url", default=None, help="teacher base URL (default: teacher_base_url setting)")
+    g.add_argument("--model", default=None, help="teacher model name (default: teacher_model setting)")
+    g.add_argument("--n-qa", type=int, default=5, help="QA pairs per document")
+    g.add_argument("--n-implications", type=int, default=5, help="implications per document")
+    g.add_argument("--retries", type=int, default=4, help="retries of a failing request")
+    g.add_argument("--min-interval", type=float, default=0.0, help="minimum seconds between requests")
+    g.set_defaults(func=run_generate)
+
+
+@contextlib.contextmanager
+def opened_corpus(path: Path):
+    """A corpus folder for the duration of a command; archives are safely unpacked to a temp folder."""
+    from past.corpus import is_archive, materialize
+
+    if not is_archive(path):
+        yield path
+        return
+    with tempfile.TemporaryDirectory(prefix="past-corpus-") as tmp:
+        yield materialize(path, Path(tmp) / path.name.split(".")[0])
+
+
+def run_validate(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    from past.config import load_settings
+    from past.corpus import load_corpus, quarantine, validate
+
+    reasons = validate(args.path)
+    report: dict = {"path": str(args.path), "valid": not reasons, "reasons": [asdict(r) for r in reasons]}
+    if not reasons:
+        with opened_corpus(args.path) as root:
+            c = load_corpus(root)
+        report |= {"corpus_id": c.id, "documents": len(c.documents), "qa": len(c.qa)}
+    elif args.quarantine and (args.path.exists() or args.path.is_symlink()):
+        report["quarantined_to"] = str(quarantine(args.path, reasons, load_settings()))
+    if args.json:
+        print(json.dumps(report, indent=2))
+    elif not reasons:
+        print(f"{args.path}: valid corpus {report['corpus_id'][:16]} "
+              f"({report['documents']} documents, {report['qa']} QA)")
+    else:
+        for r in reasons:
+            print(r, file=sys.stderr)
+        print(f"{args.path}: INVALID ({len(reasons)} problem(s))"
+              + (f"; quarantined to {report['quarantined_to']}" if "quarantined_to" in report else ""),
+              file=sys.stderr)
+    return 0 if not reasons else 1
+
+
+def run_split(args: argparse.Namespace) -> int:
+    from past.config import load_settings
+    from past.corpus import load_corpus, read_qa_jsonl, write_splits
+
+    seed = args.seed if args.seed is not None else load_settings().seed
+    with opened_corpus(args.path) as root:
+        corpus = load_corpus(root)
+        qa = read_qa_jsonl(args.qa) if args.qa else None
+        summary = write_splits(corpus, args.out, qa, args.eval_fraction, seed)
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def run_generate(args: argparse.Namespace) -> int:
+    from past.config import load_settings
+    from past.corpus import load_corpus
+    from past.models import resolve_model
+    from past.qa import QAGenConfig, generate, teacher_endpoint, write_generated
+    from past.serving import serve_or_connect
+
+    s = load_settings(teacher_base_url=args.base_url, teacher_model=args.model)
+    cfg = QAGenConfig(n_qa=args.n_qa, n_implications=args.n_implications, retries=args.retries,
+                      min_interval_s=args.min_interval)
+    with opened_corpus(args.path) as root:
+        corpus = load_corpus(root)
+        if s.teacher_base_url:
+            server = contextlib.nullcontext(teacher_endpoint(s))
+        else:  # the settings' documented fallback: the served base model is the teacher
+            server = serve_or_connect(resolve_model(s.base_model, s.models_dir), "teacher", s)
+        with server as endpoint:
+            result = generate(corpus.documents, endpoint, s.home / "cache" / "qa", cfg)
+    stats = write_generated(result, args.out)
+    print(json.dumps(stats, indent=2))
+    return 0
