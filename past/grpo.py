@@ -1,0 +1,188 @@
+"""GRPO on a model folder's QA, with TRL's `GRPOTrainer` - the expensive step the skill vector amortises.
+
+One call = one RL run: load the initial model (e.g. θ_sft_k + v_{k-1}), sample `num_generations`
+completions per question, score them with the rule rewards (and an LLM judge if configured), and update
+all parameters (the skill vector is a dense full-parameter delta, as in the authors' code). The result is a
+plain model folder with a checksum manifest, staged and renamed atomically. Checkpoints are written every
+`save_steps` into a work folder; calling again with the same work folder resumes from the last one.
+
+On GPU machines with vLLM installed, generation goes through vLLM in TRL's colocate mode; on CPU, plain
+`generate`. CPU needs `use_cpu=True, bf16=False`, and gradient checkpointing off (2x slower on CPU).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from past.errors import PastError
+
+
+class GRPOError(PastError):
+    """Bad GRPO input (no QA, impossible batch shape) or a failed run."""
+
+
+def _f(default: Any, help: str) -> Any:  # noqa: A002
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass
+class GRPORecipe:
+    num_generations: int = _f(4, "Group size G: completions sampled per question (paper: 4).")
+    prompts_per_step: int = _f(8, "Questions per optimizer step; batch = prompts_per_step × num_generations.")
+    max_steps: int = _f(30, "Optimizer steps in this run.")
+    learning_rate: float = _f(5e-6, "Adam learning rate (paper: 1e-6 at 7B over many more steps; a 135M model "
+                              "with a 30-step budget needs a larger one to move at all).")
+    beta: float = _f(0.001, "KL coefficient against the initial model (paper: 0.001). 0 skips the reference model.")
+    epsilon: float = _f(0.2, "PPO-style clip range (paper: 0.2).")
+    temperature: float = _f(1.0, "Sampling temperature for rollouts (paper: 1.0).")
+    max_completion_length: int = _f(16, "Max new tokens per completion (short answers; keeps CPU steps cheap).")
+    rewards: tuple[str, ...] = _f(("token_f1", "exact_match", "format"), "Rule rewards used (see past.rewards).")
+    reward_weights: tuple[float, ...] = _f((1.0, 0.5, 0.2), "Weights of `rewards` (then the judge, weight 1).")
+    save_steps: int = _f(10, "Checkpoint every N steps (resume point after a crash).")
+    seed: int = _f(0, "Sampling/shuffle seed.")
+    use_vllm: bool | None = _f(None, "Generate with vLLM (TRL colocate). None = only when CUDA and vllm exist.")
+
+
+@dataclass
+class GRPOResult:
+    model_dir: Path
+    steps: int
+    reward_curve: list[float]  # mean total reward per logged step
+    reward_std_curve: list[float]
+    per_reward_curves: dict[str, list[float]]
+    judge: dict[str, float]
+    wall_s: float
+    resumed_from_step: int
+
+    def to_json(self) -> dict:
+        d = asdict(self)
+        d["model_dir"] = str(self.model_dir)
+        return d
+
+
+def _dataset(qa: list[dict]):
+    from datasets import Dataset
+
+    rows = [{"prompt": [{"role": "user", "content": q["question"]}], "answer": q["answer"]} for q in qa]
+    return Dataset.from_list(rows)
+
+
+def _last_checkpoint(work: Path) -> Path | None:
+    from transformers.trainer_utils import get_last_checkpoint
+
+    return Path(ckpt) if work.is_dir() and (ckpt := get_last_checkpoint(str(work))) else None
+
+
+def train_grpo(
+    init_model_dir: str | Path,
+    qa: list[dict],
+    out_dir: str | Path,
+    recipe: GRPORecipe | None = None,
+    work_dir: str | Path | None = None,
+    judge: Callable | None = None,
+    extra_rewards: list[Callable] | None = None,
+    callbacks: list | None = None,
+) -> GRPOResult:
+    """GRPO from `init_model_dir` on `qa` (dicts with question/answer) -> model folder at `out_dir`.
+
+    `judge` (e.g. past.rewards.JudgeReward) and `extra_rewards` (TRL-convention callables) are added to the
+    recipe's rule rewards with weight 1.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+    from trl import GRPOConfig, GRPOTrainer
+
+    from past.models import publish_dir, staging_dir, write_manifest
+    from past.rewards import RULE_REWARDS
+
+    recipe = recipe or GRPORecipe()
+    out_dir = Path(out_dir)
+    if out_dir.exists():
+        raise GRPOError(f"output folder {out_dir} already exists")
+    if not qa:
+        raise GRPOError("GRPO needs at least one QA pair")
+    bad = [i for i, q in enumerate(qa) if not str(q.get("question", "")).strip() or not str(q.get("answer", "")).strip()]
+    if bad:
+        raise GRPOError(f"QA items {bad[:5]} have an empty question or answer")
+    unknown = [r for r in recipe.rewards if r not in RULE_REWARDS]
+    if unknown or len(recipe.reward_weights) != len(recipe.rewards):
+        raise GRPOError(f"bad rewards {recipe.rewards} / weights {recipe.reward_weights} (known: {list(RULE_REWARDS)})")
+    work = Path(work_dir) if work_dir else out_dir.parent / f".grpo-work-{out_dir.name}"
+    work.mkdir(parents=True, exist_ok=True)
+
+    cuda = torch.cuda.is_available()
+    use_vllm = recipe.use_vllm if recipe.use_vllm is not None else (cuda and importlib.util.find_spec("vllm") is not None)
+    reward_funcs: list = [RULE_REWARDS[r] for r in recipe.rewards]
+    weights = list(recipe.reward_weights)
+    for extra in ([judge] if judge is not None else []) + list(extra_rewards or []):
+        reward_funcs.append(extra)
+        weights.append(1.0)
+
+    config = GRPOConfig(
+        output_dir=str(work),
+        num_generations=recipe.num_generations,
+        per_device_train_batch_size=recipe.prompts_per_step * recipe.num_generations,
+        gradient_accumulation_steps=1,
+        max_steps=recipe.max_steps,
+        learning_rate=recipe.learning_rate,
+        beta=recipe.beta,
+        epsilon=recipe.epsilon,
+        temperature=recipe.temperature,
+        max_completion_length=recipe.max_completion_length,
+        reward_weights=weights,
+        logging_steps=1,
+        save_strategy="steps",
+        save_steps=recipe.save_steps,
+        save_total_limit=1,
+        seed=recipe.seed,
+        report_to="none",
+        use_cpu=not cuda,
+        bf16=cuda,
+        gradient_checkpointing=False,
+        use_vllm=use_vllm,
+        vllm_mode="colocate",
+        disable_tqdm=False,
+    )
+    tok = AutoTokenizer.from_pretrained(init_model_dir)
+    model = AutoModelForCausalLM.from_pretrained(init_model_dir, dtype=torch.float32)
+    trainer = GRPOTrainer(model=model, reward_funcs=reward_funcs, args=config, train_dataset=_dataset(qa),
+                          processing_class=tok, callbacks=callbacks or [])
+
+    ckpt = _last_checkpoint(work)
+    resumed = int(ckpt.name.split("-")[-1]) if ckpt else 0
+    t0 = time.monotonic()
+    trainer.train(resume_from_checkpoint=str(ckpt) if ckpt else None)
+    wall = time.monotonic() - t0
+
+    logs = [h for h in trainer.state.log_history if "reward" in h]
+    per_reward = {name: [h.get(f"rewards/{name}/mean", float("nan")) for h in logs]
+                  for name in [getattr(f, "__name__", str(f)) for f in reward_funcs]}
+    judge_stats = {}
+    if judge is not None:
+        judge_stats = {"calls": float(getattr(judge, "calls", 0)), "fallbacks": float(getattr(judge, "fallbacks", 0)),
+                       "disabled": float(getattr(judge, "disabled", False))}
+
+    tmp = staging_dir(out_dir)
+    try:
+        trainer.model.save_pretrained(tmp, safe_serialization=True)
+        tok.save_pretrained(tmp)
+        trainer.model.generation_config.save_pretrained(tmp)
+        write_manifest(tmp, source="grpo", init=str(init_model_dir), recipe=asdict(recipe))
+        publish_dir(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    result = GRPOResult(
+        model_dir=out_dir, steps=trainer.state.global_step,
+        reward_curve=[h["reward"] for h in logs], reward_std_curve=[h.get("reward_std", float("nan")) for h in logs],
+        per_reward_curves=per_reward, judge=judge_stats, wall_s=wall, resumed_from_step=resumed,
+    )
+    (work / "result.json").write_text(json.dumps(result.to_json(), indent=2))
+    shutil.rmtree(work, ignore_errors=True)  # checkpoints are only a resume point; the model is published
+    return result
