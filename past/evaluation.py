@@ -1,0 +1,479 @@
+"""The eval gate: serve a candidate, ask it held-out questions, compare with the champion, decide.
+
+The eval set has three kinds of items, all scored the same way:
+  new        held-out QA of the corpus the candidate was adapted on (the QA split JSONL),
+  retention  a sample of held-out QA from earlier promoted corpora (same JSONL schema),
+  general    a small fixed set of general prompts shipped in `past/data/general_prompts.jsonl`.
+
+Requests go through `openai.AsyncOpenAI` with bounded concurrency, our own retries with exponential
+backoff (the client's are turned off so the policy is visible here), a per-request timeout and greedy
+decoding. Each answer gets exact match / token-F1 / contains, plus a yes/no judge verdict when a judge
+endpoint is configured. An item is *correct* when the judge says yes or, without a judge, when token-F1 ≥ 0.5
+or the reference is contained in the answer.
+
+The gate fails CLOSED: a server that does not start, dies mid-eval, times out or answers garbage beyond
+`gate_max_error_rate` gives a failed decision with the reason - never a pass. Champion scores are cached per
+(champion version, eval-set hash), so an unchanged eval set does not re-serve the champion.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Callable, Iterable
+
+from past.errors import PastError
+from past.scoring import score_all
+
+KINDS = ("new", "retention", "general")
+PROMPT_VERSION = 1  # bump when the request format changes: it is part of the eval-set hash
+JUDGE_PROMPT = (
+    "You are grading an answer to a question.\n"
+    "Question: {question}\nReference answer: {reference}\nProposed answer: {answer}\n"
+    "Is the proposed answer correct given the reference? Reply with exactly one word: yes or no."
+)
+
+
+class EvalSetError(PastError, ValueError):
+    """An eval-set file that cannot be used (names the file, line and field)."""
+
+
+# --- eval items -----------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class EvalItem:
+    """One held-out question. JSONL schema: id, question, answer, doc_id, corpus_id."""
+
+    id: str
+    question: str
+    answer: str
+    doc_id: str = ""
+    corpus_id: str = ""
+    kind: str = "new"  # not in the file: set by the gate (new / retention / general)
+
+    @property
+    def key(self) -> str:
+        return f"{self.kind}:{self.corpus_id}:{self.id}"
+
+
+def load_eval_items(path: str | Path, kind: str = "new") -> list[EvalItem]:
+    """Read a QA-split JSONL file; any bad line raises EvalSetError naming file, line and field."""
+    path = Path(path)
+    if kind not in KINDS:
+        raise EvalSetError(f"unknown item kind {kind!r}; expected one of {KINDS}")
+    if not path.is_file():
+        raise EvalSetError(f"eval set {path} does not exist")
+    items, seen = [], set()
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise EvalSetError(f"{path}:{n}: not JSON ({e.msg})") from None
+        if not isinstance(obj, dict):
+            raise EvalSetError(f"{path}:{n}: expected a JSON object")
+        for name in ("id", "question", "answer"):
+            if not isinstance(obj.get(name), str) or not obj[name].strip():
+                raise EvalSetError(f"{path}:{n}: field {name!r} missing or not a non-empty string")
+        for name in ("doc_id", "corpus_id"):
+            if name in obj and not isinstance(obj[name], str):
+                raise EvalSetError(f"{path}:{n}: field {name!r} must be a string")
+        item = EvalItem(obj["id"], obj["question"], obj["answer"], obj.get("doc_id", ""),
+                        obj.get("corpus_id", ""), kind)
+        if item.key in seen:
+            raise EvalSetError(f"{path}:{n}: duplicate id {item.id!r} in corpus {item.corpus_id!r}")
+        seen.add(item.key)
+        items.append(item)
+    if not items:
+        raise EvalSetError(f"eval set {path} has no items")
+    return items
+
+
+def general_prompts() -> list[EvalItem]:
+    """The fixed general-ability prompts shipped with the package."""
+    with resources.as_file(resources.files("past") / "data" / "general_prompts.jsonl") as p:
+        return load_eval_items(p, kind="general")
+
+
+def build_eval_set(new: Iterable[EvalItem], retention: Iterable[EvalItem] = (),
+                   include_general: bool = True) -> list[EvalItem]:
+    items = [dataclasses.replace(i, kind="new") for i in new]
+    items += [dataclasses.replace(i, kind="retention") for i in retention]
+    if include_general:
+        items += general_prompts()
+    keys = [i.key for i in items]
+    if len(set(keys)) != len(keys):
+        raise EvalSetError("eval set has duplicate (kind, corpus_id, id) keys")
+    return items
+
+
+def eval_set_hash(items: list[EvalItem], max_tokens: int, judge_model: str = "") -> str:
+    """Everything that determines a model's scores on this set, except the model itself."""
+    payload = {
+        "prompt_version": PROMPT_VERSION, "max_tokens": max_tokens, "judge": judge_model,
+        "items": [[i.kind, i.corpus_id, i.id, i.question, i.answer] for i in items],
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+# --- per-item results -------------------------------------------------------------------------------------
+@dataclass
+class ItemResult:
+    key: str
+    kind: str
+    question: str
+    reference: str
+    answer: str | None  # None when the request failed
+    error: str | None = None
+    exact_match: float = 0.0
+    token_f1: float = 0.0
+    contains: float = 0.0
+    judge: bool | None = None
+    correct: bool = False
+    latency_s: float = 0.0
+    attempts: int = 0
+
+
+class Judge:
+    """Yes/no judge at an OpenAI-compatible endpoint; verdicts cached per (question, answer, reference)."""
+
+    def __init__(self, base_url: str, model: str, api_key: str = "EMPTY", timeout_s: float = 30.0) -> None:
+        from openai import AsyncOpenAI
+
+        self.model = model
+        self.client = AsyncOpenAI(base_url=base_url, api_key=api_key, timeout=timeout_s, max_retries=1)
+        self.cache: dict[tuple[str, str, str], bool] = {}
+
+    async def verdict(self, question: str, answer: str, reference: str) -> bool | None:
+        """True/False, or None when the judge failed or said neither yes nor no."""
+        k = (question, answer, reference)
+        if k in self.cache:
+            return self.cache[k]
+        try:
+            r = await self.client.chat.completions.create(
+                model=self.model, max_tokens=3, temperature=0.0,
+                messages=[{"role": "user", "content": JUDGE_PROMPT.format(
+                    question=question, reference=reference, answer=answer)}],
+            )
+            words = (r.choices[0].message.content or "").strip().lower().split()
+        except Exception:  # noqa: BLE001 - any judge failure is a missing verdict, counted as an error
+            return None
+        first = words[0].strip(".,!") if words else ""
+        if first not in ("yes", "no"):
+            return None
+        self.cache[k] = first == "yes"
+        return self.cache[k]
+
+
+def judge_from_settings(settings) -> Judge | None:
+    if not settings.judge_base_url:
+        return None
+    return Judge(settings.judge_base_url, settings.judge_model,
+                 os.environ.get(settings.api_key_env, "EMPTY"), settings.judge_timeout_s)
+
+
+# --- asking an endpoint ---------------------------------------------------------------------------------
+def _retriable(e: BaseException) -> bool:
+    import openai
+
+    return isinstance(e, (openai.APIConnectionError, openai.APITimeoutError, openai.InternalServerError,
+                          openai.RateLimitError))
+
+
+async def _ask_one(client, model: str, item: EvalItem, settings, retries: int, backoff_s: float,
+                   judge: Judge | None) -> ItemResult:
+    res = ItemResult(item.key, item.kind, item.question, item.answer, answer=None)
+    t0 = time.perf_counter()
+    for attempt in range(retries + 1):
+        res.attempts = attempt + 1
+        try:
+            r = await client.chat.completions.create(
+                model=model, messages=[{"role": "user", "content": item.question}],
+                max_tokens=settings.gate_max_tokens, temperature=0.0,
+            )
+            try:
+                text = r.choices[0].message.content
+            except (AttributeError, IndexError, TypeError, KeyError):
+                text = None
+            if not isinstance(text, str):
+                res.error = f"malformed response: {str(r)[:120]!r}"
+            elif not text.strip():
+                res.error = "empty answer"
+            else:
+                res.answer, res.error = text.strip(), None
+            break  # greedy decoding: a well-formed but bad answer would come back the same
+        except Exception as e:  # noqa: BLE001 - every failure becomes a recorded, counted item error
+            res.error = f"{type(e).__name__}: {str(e)[:200]}"
+            if not _retriable(e) or attempt == retries:
+                break
+            await asyncio.sleep(backoff_s * 2**attempt)
+    res.latency_s = time.perf_counter() - t0
+    if res.answer is not None:
+        for name, v in score_all(res.answer, item.answer).items():
+            setattr(res, name, v)
+        if judge is not None:
+            res.judge = await judge.verdict(item.question, res.answer, item.answer)
+            if res.judge is None:
+                res.error = "judge gave no verdict"
+            res.correct = bool(res.judge)
+        else:
+            res.correct = res.token_f1 >= 0.5 or res.contains == 1.0
+    return res
+
+
+def allowed_errors(n: int, max_error_rate: float) -> int:
+    return math.floor(n * max_error_rate + 1e-9)
+
+
+async def answer_all_async(endpoint, items: list[EvalItem], settings, judge: Judge | None = None,
+                           retries: int = 2, backoff_s: float = 0.5, progress: bool = True) -> list[ItemResult]:
+    """Ask every item with at most `gate_concurrency` requests in flight.
+
+    Stops early (remaining items recorded as aborted) once more requests failed than the gate could accept
+    anyway: a dead or broken server then costs seconds, not the whole eval."""
+    from openai import AsyncOpenAI
+    from tqdm.auto import tqdm
+
+    client = AsyncOpenAI(base_url=endpoint.base_url, api_key=endpoint.api_key,
+                         timeout=settings.gate_request_timeout_s, max_retries=0)
+    sem = asyncio.Semaphore(settings.gate_concurrency)
+    budget = allowed_errors(len(items), settings.gate_max_error_rate)
+    state = {"errors": 0}
+    bar = tqdm(total=len(items), desc=f"gate {endpoint.model}", unit="q", disable=not progress, leave=False)
+
+    async def run(item: EvalItem) -> ItemResult:
+        async with sem:
+            if state["errors"] > budget:
+                return ItemResult(item.key, item.kind, item.question, item.answer, None,
+                                  error="aborted: too many failed requests before this one")
+            res = await _ask_one(client, endpoint.model, item, settings, retries, backoff_s, judge)
+            state["errors"] += res.error is not None
+            bar.update()
+            return res
+
+    try:
+        return list(await asyncio.gather(*(run(i) for i in items)))
+    finally:
+        bar.close()
+        await client.close()
+
+
+def answer_all(endpoint, items: list[EvalItem], settings, judge: Judge | None = None, **kw) -> list[ItemResult]:
+    return asyncio.run(answer_all_async(endpoint, items, settings, judge, **kw))
+
+
+# --- the decision ---------------------------------------------------------------------------------------
+@dataclass
+class GateDecision:
+    passed: bool
+    reasons: list[str]  # why it failed (empty on a pass)
+    metrics: dict[str, float] = field(default_factory=dict)
+    champion_version: str | None = None  # what the gate compared against: promotion is compare-and-set on it
+    eval_hash: str = ""
+
+    @property
+    def reason(self) -> str:
+        return "; ".join(self.reasons) if self.reasons else "passed"
+
+    @classmethod
+    def failed(cls, reason: str, champion_version: str | None = None, eval_hash: str = "") -> "GateDecision":
+        return cls(False, [reason], {}, champion_version, eval_hash)
+
+
+def summarize(results: list[ItemResult], prefix: str) -> dict[str, float]:
+    out: dict[str, float] = {f"{prefix}_errors": float(sum(r.error is not None for r in results)),
+                             f"{prefix}_items": float(len(results))}
+    for kind in KINDS:
+        rs = [r for r in results if r.kind == kind]
+        if rs:
+            out[f"{prefix}_{kind}_accuracy"] = sum(r.correct for r in rs) / len(rs)
+            out[f"{prefix}_{kind}_f1"] = sum(r.token_f1 for r in rs) / len(rs)
+            out[f"{prefix}_{kind}_em"] = sum(r.exact_match for r in rs) / len(rs)
+    return out
+
+
+def _error_check(results: list[ItemResult], who: str, max_error_rate: float) -> str | None:
+    bad = [r for r in results if r.error is not None]
+    if len(bad) > allowed_errors(len(results), max_error_rate):
+        first = next((r.error for r in bad if not r.error.startswith("aborted")), bad[0].error)
+        return (f"{who}: {len(bad)}/{len(results)} requests failed (allowed {max_error_rate:.0%}); "
+                f"first error: {first}")
+    return None
+
+
+def decide(candidate: list[ItemResult], champion: list[ItemResult] | None, settings,
+           champion_version: str | None = None, eval_hash: str = "") -> GateDecision:
+    """Pass only if new-corpus accuracy ≥ floor, beats the champion by the margin on the same items, and
+    retention/general accuracy drop no more than the tolerance. No champion yet: the floor only."""
+    eps = 1e-9
+    reasons: list[str] = []
+    m = summarize(candidate, "candidate")
+    if champion is not None:
+        m |= summarize(champion, "champion")
+        if sorted(r.key for r in champion) != sorted(r.key for r in candidate):
+            reasons.append("champion results are not on the same items as the candidate's")
+    for who, rs in (("candidate", candidate), ("champion", champion or [])):
+        if rs and (msg := _error_check(rs, who, settings.gate_max_error_rate)):
+            reasons.append(msg)
+    new = m.get("candidate_new_accuracy")
+    if new is None:
+        reasons.append("eval set has no new-corpus items")
+    else:
+        if new + eps < settings.gate_min_accuracy:
+            reasons.append(f"new-corpus accuracy {new:.3f} below the floor {settings.gate_min_accuracy:.3f}")
+        if champion is not None and "champion_new_accuracy" in m:
+            need = m["champion_new_accuracy"] + settings.gate_margin
+            if new + eps < need:
+                reasons.append(f"new-corpus accuracy {new:.3f} does not beat the champion's "
+                               f"{m['champion_new_accuracy']:.3f} by the margin {settings.gate_margin:.3f}")
+    if champion is not None:
+        for kind in ("retention", "general"):
+            c, h = m.get(f"candidate_{kind}_accuracy"), m.get(f"champion_{kind}_accuracy")
+            if c is not None and h is not None:
+                m[f"{kind}_drop"] = h - c
+                if h - c > settings.gate_retention_tolerance + eps:
+                    reasons.append(f"{kind} accuracy dropped {h - c:.3f} (champion {h:.3f} → candidate {c:.3f}), "
+                                   f"more than the tolerance {settings.gate_retention_tolerance:.3f}")
+    return GateDecision(not reasons, reasons, m, champion_version, eval_hash)
+
+
+# --- the whole gate ---------------------------------------------------------------------------------------
+@dataclass
+class Champion:
+    """What the candidate is compared with: a registry version (name/version) and how to serve it."""
+
+    version: str
+    model_dir: Path | None = None
+    url: str = ""  # an endpoint already serving it, instead of starting vLLM
+
+
+@dataclass
+class GateReport:
+    decision: GateDecision
+    candidate: list[ItemResult]
+    champion: list[ItemResult] | None
+    items: list[EvalItem]
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def table_rows(self) -> list[dict]:
+        """One row per item, candidate and champion side by side (the MLflow gate table)."""
+        champ = {r.key: r for r in self.champion or []}
+        rows = []
+        for it, c in zip(self.items, self.candidate):
+            row = {"key": c.key, "kind": c.kind, "corpus_id": it.corpus_id, "doc_id": it.doc_id,
+                   "question": c.question, "reference": c.reference}
+            for who, r in (("candidate", c), ("champion", champ.get(c.key))):
+                if r is None:
+                    continue
+                row |= {f"{who}_answer": r.answer, f"{who}_error": r.error, f"{who}_em": r.exact_match,
+                        f"{who}_f1": r.token_f1, f"{who}_contains": r.contains, f"{who}_judge": r.judge,
+                        f"{who}_correct": r.correct}
+            rows.append(row)
+        return rows
+
+    def to_dict(self) -> dict:
+        return {"decision": dataclasses.asdict(self.decision) | {"reason": self.decision.reason},
+                "timings": self.timings, "items": self.table_rows()}
+
+    def write(self, out_dir: str | Path) -> Path:
+        """gate-report.json (decision, timings, every item), written atomically."""
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        path = out / "gate-report.json"
+        tmp = path.with_suffix(f".tmp{os.getpid()}")
+        tmp.write_text(json.dumps(self.to_dict(), indent=2))
+        os.replace(tmp, path)
+        return path
+
+
+def _cache_path(settings, champion_version: str, eval_hash: str) -> Path:
+    safe = champion_version.replace("/", "__").replace(":", "_")
+    return settings.home / "gate-cache" / f"{safe}-{eval_hash[:16]}.json"
+
+
+def load_champion_cache(settings, champion_version: str, eval_hash: str) -> list[ItemResult] | None:
+    p = _cache_path(settings, champion_version, eval_hash)
+    if not p.is_file():
+        return None
+    try:
+        data = json.loads(p.read_text())
+        if data["eval_hash"] != eval_hash or data["version"] != champion_version:
+            return None
+        return [ItemResult(**r) for r in data["results"]]
+    except (json.JSONDecodeError, KeyError, TypeError):
+        return None  # a damaged cache is just a miss
+
+
+def save_champion_cache(settings, champion_version: str, eval_hash: str, results: list[ItemResult]) -> None:
+    p = _cache_path(settings, champion_version, eval_hash)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    tmp = p.with_suffix(f".tmp{os.getpid()}")
+    tmp.write_text(json.dumps({"version": champion_version, "eval_hash": eval_hash,
+                               "results": [dataclasses.asdict(r) for r in results]}))
+    os.replace(tmp, p)
+
+
+def _serve_and_answer(model_dir, served_name: str, url: str, items, settings, judge, who: str,
+                      timings: dict) -> tuple[list[ItemResult] | None, str | None]:
+    """Serve (or connect), answer every item, stop. Returns (results or None, fail-closed reason or None)."""
+    from past.serving import ServingError, VLLMServer, serve_or_connect
+
+    t0 = time.perf_counter()
+    server = serve_or_connect(model_dir, served_name, dataclasses.replace(settings, serve_url=url))
+    try:
+        with server as ep:  # the managed server is stopped on every way out of this block
+            timings[f"{who}_start_s"] = time.perf_counter() - t0
+            t1 = time.perf_counter()
+            results = answer_all(ep, items, settings, judge)
+            timings[f"{who}_eval_s"] = time.perf_counter() - t1
+            timings[f"{who}_questions_per_s"] = len(items) / max(timings[f"{who}_eval_s"], 1e-9)
+            if isinstance(server, VLLMServer) and not server.alive():
+                return results, f"{who} server died during evaluation; last log lines:\n{server.log_tail(10)}"
+    except ServingError as e:
+        return None, f"{who} server failed: {e}"
+    return results, None
+
+
+def run_gate(candidate_dir: str | Path | None, items: list[EvalItem], settings, served_name: str,
+             champion: Champion | None = None, candidate_url: str = "", log: Callable[[str], None] = print
+             ) -> GateReport:
+    """Evaluate the candidate (and the champion, unless cached) on `items` and decide.
+
+    Never raises for a bad candidate or server: every such failure is a failed decision with its reason."""
+    if not items:
+        raise EvalSetError("empty eval set")
+    judge = judge_from_settings(settings)
+    h = eval_set_hash(items, settings.gate_max_tokens, settings.judge_model if judge else "")
+    cv = champion.version if champion else None
+    timings: dict[str, float] = {}
+
+    log(f"gate: serving candidate {served_name} on {len(items)} items")
+    cand, why = _serve_and_answer(candidate_dir, served_name, candidate_url or settings.serve_url, items,
+                                  settings, judge, "candidate", timings)
+    if cand is None or why:
+        return GateReport(GateDecision.failed(why or "no candidate results", cv, h), cand or [], None, items, timings)
+
+    champ = None
+    if champion is not None:
+        champ = load_champion_cache(settings, champion.version, h)
+        timings["champion_cached"] = float(champ is not None)
+        if champ is None:
+            log(f"gate: serving champion {champion.version} (no cached scores for this eval set)")
+            champ, why = _serve_and_answer(champion.model_dir, champion.version, champion.url, items, settings,
+                                           judge, "champion", timings)
+            if champ is None or why:
+                return GateReport(GateDecision.failed(why or "no champion results", cv, h), cand, champ, items,
+                                  timings)
+            if _error_check(champ, "champion", settings.gate_max_error_rate) is None:
+                save_champion_cache(settings, champion.version, h, champ)
+    decision = decide(cand, champ, settings, cv, h)
+    log(f"gate: {'PASS' if decision.passed else 'FAIL'} - {decision.reason}")
+    return GateReport(decision, cand, champ, items, timings)

@@ -1,0 +1,350 @@
+"""Gate plumbing against a small stdlib fake OpenAI server (fault injection), and the decision rules.
+
+The fake server is only for faults a real server will not produce on demand; the real vLLM path is covered
+by tests/test_serving_vllm.py."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from past.config import load_settings
+from past.evaluation import (
+    Champion, EvalItem, EvalSetError, ItemResult, build_eval_set, decide, eval_set_hash, general_prompts,
+    load_eval_items, run_gate,
+)
+from past.serving import free_port
+
+QA = [{"id": f"q{i}", "question": f"What is the code word number {i}?", "answer": f"word{i}",
+       "doc_id": f"d{i % 3}", "corpus_id": "c1"} for i in range(12)]
+
+
+class FakeOpenAI:
+    """OpenAI-compatible chat endpoint on 127.0.0.1 with switchable behaviour.
+
+    mode: good (answers from `answers`), wrong, garbage (200 + non-JSON), malformed (JSON without choices),
+    empty, error500, flaky (first request per question 500s), hang, judge (yes if 'word' in proposed answer)."""
+
+    def __init__(self, mode: str = "good", answers: dict[str, str] | None = None, die_after: int | None = None):
+        self.mode, self.answers, self.die_after = mode, answers or {}, die_after
+        self.requests = 0
+        self.in_flight = self.max_in_flight = 0
+        self.seen: set[str] = set()
+        self.release = threading.Event()
+        self.lock = threading.Lock()
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *a):  # quiet
+                pass
+
+            def do_GET(self):
+                self._send(200, b"{}") if self.path == "/health" else self._send(404, b"{}")
+
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                with fake.lock:
+                    fake.requests += 1
+                    n = fake.requests
+                    fake.in_flight += 1
+                    fake.max_in_flight = max(fake.max_in_flight, fake.in_flight)
+                try:
+                    if fake.die_after is not None and n > fake.die_after:
+                        threading.Thread(target=fake.stop, daemon=True).start()
+                        self.connection.close()
+                        return
+                    time.sleep(0.02)  # let requests overlap so concurrency is observable
+                    fake.respond(self, body)
+                finally:
+                    with fake.lock:
+                        fake.in_flight -= 1
+
+            def _send(self, code: int, data: bytes):
+                self.send_response(code)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+        self.Handler = Handler
+        self.port = free_port()
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        self.httpd.daemon_threads = True
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.port}/v1"
+
+    def respond(self, h, body: dict) -> None:
+        q = body["messages"][-1]["content"]
+        mode = self.mode
+        if mode == "hang":
+            self.release.wait(10)
+            return
+        if mode == "error500" or (mode == "flaky" and q not in self.seen):
+            self.seen.add(q)
+            return h._send(500, b'{"error": {"message": "boom"}}')
+        if mode == "garbage":
+            return h._send(200, b"<html>not json at all")
+        if mode == "malformed":
+            return h._send(200, b'{"id": "x", "object": "chat.completion"}')
+        if mode == "judge":
+            text = "yes" if "Proposed answer: number" in q else "no"
+        else:
+            text = {"empty": "", "wrong": "no idea"}.get(mode, self.answers.get(q, "no idea"))
+        h._send(200, json.dumps({
+            "id": "x", "object": "chat.completion", "created": 0, "model": body["model"],
+            "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": text}}],
+            "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+        }).encode())
+
+    def stop(self) -> None:
+        self.release.set()
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture()
+def qa_file(tmp_path: Path) -> Path:
+    p = tmp_path / "heldout.jsonl"
+    p.write_text("".join(json.dumps(r) + "\n" for r in QA))
+    return p
+
+
+@pytest.fixture()
+def items(qa_file: Path) -> list[EvalItem]:
+    return build_eval_set(load_eval_items(qa_file), include_general=False)
+
+
+@pytest.fixture()
+def settings():
+    return load_settings(gate_request_timeout_s=0.5, gate_concurrency=4, gate_min_accuracy=0.5)
+
+
+@pytest.fixture()
+def servers():
+    made: list[FakeOpenAI] = []
+
+    def make(*a, **kw) -> FakeOpenAI:
+        made.append(FakeOpenAI(*a, **kw))
+        return made[-1]
+
+    yield make
+    for s in made:
+        s.release.set()
+        try:
+            s.stop()
+        except Exception:
+            pass
+
+
+def right_answers(items) -> dict[str, str]:
+    return {i.question: i.answer for i in items}
+
+
+# --- eval-set loading ------------------------------------------------------------------------------------
+def test_load_eval_items_schema(qa_file: Path) -> None:
+    got = load_eval_items(qa_file)
+    assert len(got) == 12 and got[0] == EvalItem("q0", QA[0]["question"], "word0", "d0", "c1", "new")
+
+
+@pytest.mark.parametrize("line,match", [
+    ("{not json", r"heldout.jsonl:2: not JSON"),
+    ('{"id": "x", "question": "q?"}', r":2: field 'answer'"),
+    ('{"id": "x", "question": "q?", "answer": "a", "corpus_id": 3}', r":2: field 'corpus_id'"),
+    (json.dumps(QA[0]), r":2: duplicate id 'q0'"),
+])
+def test_bad_eval_lines_name_file_line_and_field(tmp_path: Path, line: str, match: str) -> None:
+    p = tmp_path / "heldout.jsonl"
+    p.write_text(json.dumps(QA[0]) + "\n" + line + "\n")
+    with pytest.raises(EvalSetError, match=match):
+        load_eval_items(p)
+
+
+def test_general_prompts_and_hash(items) -> None:
+    g = general_prompts()
+    assert len(g) >= 16 and all(i.kind == "general" for i in g)
+    full = build_eval_set(items, include_general=True)
+    assert len(full) == len(items) + len(g)
+    h = eval_set_hash(full, 64)
+    assert h == eval_set_hash(list(full), 64)
+    assert h != eval_set_hash(full, 32) and h != eval_set_hash(full[:-1], 64)
+
+
+# --- decision rules -----------------------------------------------------------------------------------------
+def results(kind_correct: dict[str, list[bool]], errors: int = 0) -> list[ItemResult]:
+    out = []
+    for kind, flags in kind_correct.items():
+        for i, ok in enumerate(flags):
+            out.append(ItemResult(f"{kind}::{i}", kind, "q", "a", "a" if ok else "b", correct=ok,
+                                  token_f1=float(ok)))
+    for r in out[:errors]:
+        r.answer, r.error, r.correct = None, "APITimeoutError: timed out", False
+    return out
+
+
+def test_decide_floor_only_without_champion(settings) -> None:
+    assert decide(results({"new": [True, True, False, False]}), None, settings).passed  # 0.5 ≥ 0.5
+    d = decide(results({"new": [True, False, False, False]}), None, settings)
+    assert not d.passed and "below the floor" in d.reason
+
+
+def test_decide_margin_retention_general(settings) -> None:
+    s = dataclasses.replace(settings, gate_margin=0.3, gate_retention_tolerance=0.1)
+    champ = results({"new": [True, True, False, False], "retention": [True] * 10, "general": [True] * 4})
+    better = results({"new": [True, True, True, True], "retention": [True] * 9 + [False], "general": [True] * 4})
+    d = decide(better, champ, s, "m/1", "h")
+    assert d.passed, d.reason
+    assert d.champion_version == "m/1" and d.metrics["retention_drop"] == pytest.approx(0.1)
+    # beats the champion but not by the margin
+    d = decide(results({"new": [True, True, True, False], "retention": [True] * 10, "general": [True] * 4}),
+               champ, s)
+    assert not d.passed and "does not beat the champion" in d.reason
+    # retention drop beyond tolerance
+    d = decide(results({"new": [True] * 4, "retention": [True] * 8 + [False] * 2, "general": [True] * 4}), champ, s)
+    assert not d.passed and "retention accuracy dropped 0.200" in d.reason
+    # general prompts are protected the same way
+    d = decide(results({"new": [True] * 4, "retention": [True] * 10, "general": [True, False, False, True]}),
+               champ, s)
+    assert not d.passed and "general accuracy dropped" in d.reason
+
+
+def test_decide_fails_closed_on_errors_and_mismatch(settings) -> None:
+    many = results({"new": [True] * 20}, errors=2)  # 10% > 5%
+    d = decide(many, None, settings)
+    assert not d.passed and "candidate: 2/20 requests failed" in d.reason and "APITimeoutError" in d.reason
+    assert decide(results({"new": [True] * 20}, errors=1), None, settings).passed  # 5% is allowed
+    d = decide(results({"new": [True] * 4}), results({"new": [True] * 3}), settings)
+    assert not d.passed and "same items" in d.reason
+    d = decide(results({"retention": [True]}), None, settings)
+    assert not d.passed and "no new-corpus items" in d.reason
+
+
+# --- the gate against a fake endpoint ---------------------------------------------------------------------------
+def test_gate_passes_with_good_answers_and_bounded_concurrency(items, settings, servers, tmp_path) -> None:
+    srv = servers("good", right_answers(items))
+    rep = run_gate(None, items, settings, "m/2", candidate_url=srv.url, log=lambda m: None)
+    assert rep.decision.passed, rep.decision.reason
+    assert [r.answer for r in rep.candidate] == [i.answer for i in items]
+    assert all(r.exact_match == 1.0 and r.correct for r in rep.candidate)
+    assert 1 < srv.max_in_flight <= settings.gate_concurrency
+    data = json.loads(rep.write(tmp_path / "out").read_text())
+    assert data["decision"]["passed"] and len(data["items"]) == len(items)
+    assert data["items"][0]["candidate_answer"] == "word0"
+
+
+@pytest.mark.parametrize("mode,expect", [
+    ("garbage", "requests failed"),
+    ("malformed", "malformed response"),
+    ("empty", "empty answer"),
+    ("error500", "InternalServerError"),
+])
+def test_garbage_and_errors_fail_closed(items, settings, servers, mode, expect) -> None:
+    srv = servers(mode)
+    rep = run_gate(None, items, settings, "m/2", candidate_url=srv.url, log=lambda m: None)
+    assert not rep.decision.passed
+    assert "candidate:" in rep.decision.reason and expect in rep.decision.reason
+    assert all(r.correct is False for r in rep.candidate)
+
+
+def test_server_errors_are_retried_with_backoff(items, settings, servers) -> None:
+    srv = servers("flaky", right_answers(items))
+    rep = run_gate(None, items, settings, "m/2", candidate_url=srv.url, log=lambda m: None)
+    assert rep.decision.passed, rep.decision.reason
+    assert all(r.attempts == 2 for r in rep.candidate)
+    assert srv.requests == 2 * len(items)
+
+
+def test_500s_stop_early_and_record_attempts(items, settings, servers) -> None:
+    srv = servers("error500")
+    rep = run_gate(None, items, settings, "m/2", candidate_url=srv.url, log=lambda m: None)
+    tried = [r for r in rep.candidate if not r.error.startswith("aborted")]
+    assert tried and all(r.attempts == 3 for r in tried)  # 1 try + 2 retries
+    assert len(tried) < len(items)  # the circuit breaker spared the rest
+
+
+def test_hanging_server_times_out_and_fails_closed(items, settings, servers) -> None:
+    srv = servers("hang")
+    t0 = time.monotonic()
+    rep = run_gate(None, items, settings, "m/2", candidate_url=srv.url, log=lambda m: None)
+    assert not rep.decision.passed and "Timeout" in rep.decision.reason
+    assert time.monotonic() - t0 < 8
+
+
+def test_server_dying_mid_eval_fails_closed(items, settings, servers) -> None:
+    srv = servers("good", right_answers(items), die_after=5)
+    rep = run_gate(None, items, settings, "m/2", candidate_url=srv.url, log=lambda m: None)
+    assert not rep.decision.passed
+    assert "APIConnectionError" in rep.decision.reason or "requests failed" in rep.decision.reason
+    assert sum(r.answer is not None for r in rep.candidate) <= 5
+
+
+def test_unhealthy_endpoint_fails_closed(items, settings) -> None:
+    rep = run_gate(None, items, settings, "m/2", candidate_url=f"http://127.0.0.1:{free_port()}/v1",
+                   log=lambda m: None)
+    assert not rep.decision.passed and rep.decision.reason.startswith("candidate server failed")
+    assert rep.candidate == []
+
+
+def test_managed_server_that_cannot_start_fails_closed(items, settings, tmp_path) -> None:
+    s = dataclasses.replace(settings, serve_python=Path("/nonexistent/python"))
+    (tmp_path / "cand").mkdir()
+    rep = run_gate(tmp_path / "cand", items, s, "m/2", log=lambda m: None)
+    assert not rep.decision.passed and "candidate server failed" in rep.decision.reason
+    assert "not found" in rep.decision.reason
+
+
+def test_champion_compared_on_same_items_and_cached(items, settings, servers) -> None:
+    good = servers("good", right_answers(items))
+    champ = servers("wrong")
+    ch = Champion("m/1", url=champ.url)
+    rep = run_gate(None, items, settings, "m/2", champion=ch, candidate_url=good.url, log=lambda m: None)
+    assert rep.decision.passed and rep.decision.champion_version == "m/1"
+    assert rep.decision.metrics["champion_new_accuracy"] == 0.0 and rep.timings["champion_cached"] == 0.0
+    n = champ.requests
+    rep2 = run_gate(None, items, settings, "m/3", champion=ch, candidate_url=good.url, log=lambda m: None)
+    assert champ.requests == n and rep2.timings["champion_cached"] == 1.0  # cache hit: champion not re-asked
+    assert [r.answer for r in rep2.champion] == [r.answer for r in rep.champion]
+    # a different eval set misses the cache
+    run_gate(None, items[:-1], settings, "m/4", champion=ch, candidate_url=good.url, log=lambda m: None)
+    assert champ.requests > n
+    # the champion beating the candidate fails the gate
+    rep3 = run_gate(None, items, settings, "m/5", champion=Champion("m/9", url=good.url),
+                    candidate_url=champ.url, log=lambda m: None)
+    assert not rep3.decision.passed
+
+
+def test_champion_server_failure_fails_closed(items, settings, servers) -> None:
+    good = servers("good", right_answers(items))
+    rep = run_gate(None, items, settings, "m/2", champion=Champion("m/1", url=f"http://127.0.0.1:{free_port()}/v1"),
+                   candidate_url=good.url, log=lambda m: None)
+    assert not rep.decision.passed and rep.decision.reason.startswith("champion server failed")
+
+
+def test_judge_verdicts_decide_and_are_cached(items, settings, servers) -> None:
+    cand = servers("good", {i.question: f"number {i.id} of the codes" for i in items})  # rule says wrong
+    judge = servers("judge")
+    s = dataclasses.replace(settings, judge_base_url=judge.url, judge_model="j")
+    rep = run_gate(None, items, s, "m/2", candidate_url=cand.url, log=lambda m: None)
+    assert rep.decision.passed, rep.decision.reason
+    assert all(r.judge is True and r.correct and r.token_f1 < 0.5 for r in rep.candidate)
+    assert judge.requests == len(items)
+    # same (question, answer, reference) → one judge call; a broken judge counts as an error
+    from past.evaluation import Judge
+
+    j = Judge(judge.url, "j")
+    import asyncio
+
+    async def twice():
+        return [await j.verdict("q", "number 1", "word1"), await j.verdict("q", "number 1", "word1")]
+
+    before = judge.requests
+    assert asyncio.run(twice()) == [True, True] and judge.requests == before + 1
+    bad = servers("garbage")
+    s2 = dataclasses.replace(settings, judge_base_url=bad.url, judge_model="j")
+    rep = run_gate(None, items, s2, "m/2", candidate_url=cand.url, log=lambda m: None)
+    assert not rep.decision.passed and "judge gave no verdict" in rep.decision.reason
