@@ -18,8 +18,10 @@ COMMAND_MODULES = [
     "past.cli.doctor",
     "past.cli.config",
     "past.cli.model",
+    "past.cli.skill",
     "past.cli.corpus",
     "past.cli.sft",
+    "past.cli.registry",
     "past.cli.demo",
 ]
 
