@@ -168,21 +168,28 @@ def train_grpo(
         judge_stats = {"calls": float(getattr(judge, "calls", 0)), "fallbacks": float(getattr(judge, "fallbacks", 0)),
                        "disabled": float(getattr(judge, "disabled", False))}
 
-    tmp = staging_dir(out_dir)
-    try:
-        trainer.model.save_pretrained(tmp, safe_serialization=True)
-        tok.save_pretrained(tmp)
-        trainer.model.generation_config.save_pretrained(tmp)
-        write_manifest(tmp, source="grpo", init=str(init_model_dir), recipe=asdict(recipe))
-        publish_dir(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     result = GRPOResult(
         model_dir=out_dir, steps=trainer.state.global_step,
         reward_curve=[h["reward"] for h in logs], reward_std_curve=[h.get("reward_std", float("nan")) for h in logs],
         per_reward_curves=per_reward, judge=judge_stats, wall_s=wall, resumed_from_step=resumed,
     )
-    (work / "result.json").write_text(json.dumps(result.to_json(), indent=2))
+    tmp = staging_dir(out_dir)
+    try:
+        trainer.model.save_pretrained(tmp, safe_serialization=True)
+        tok.save_pretrained(tmp)
+        trainer.model.generation_config.save_pretrained(tmp)
+        # The run's curves travel inside the published folder's manifest: a resumed caller reads them there.
+        write_manifest(tmp, source="grpo", init=str(init_model_dir), recipe=asdict(recipe), grpo=result.to_json())
+        publish_dir(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     shutil.rmtree(work, ignore_errors=True)  # checkpoints are only a resume point; the model is published
     return result
+
+
+def read_result(model_dir: str | Path) -> dict:
+    """The GRPOResult (as JSON) recorded in a published GRPO model folder's manifest."""
+    from past.models import MANIFEST
+
+    return json.loads((Path(model_dir) / MANIFEST).read_text())["grpo"]

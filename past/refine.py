@@ -1,0 +1,197 @@
+"""Iterative skill refinement over K disjoint source partitions (the rare, expensive path).
+
+    v_0 = 0
+    for k = 1..K:
+        θ_sft_k = SFT(θ_base, D_k)                  two-stage: memorize D_k's documents, then its QA
+        θ_rl_k  = GRPO(init = θ_sft_k + v_{k-1}, D_k's training QA)
+        v_k     = θ_rl_k − θ_sft_k
+    ship v_K, with its lineage
+
+Each round starts SFT from the base model (our reading of the authors' code); carrying v_{k-1} into the
+GRPO start is what makes the skill content-invariant: it must keep working on a partition it was not learned on.
+
+Restartability: every artefact of a round lives under `<work>/round-k/` and is published atomically; a
+re-run skips whatever is already there and verified (SFT skips finished stages, GRPO resumes from its last
+checkpoint), and a round is done once `round.json` exists.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+from past.corpus import Corpus, load_corpus, read_qa_jsonl
+from past.errors import PastError
+from past.grpo import GRPORecipe, read_result, train_grpo
+from past.models import MANIFEST, publish_dir, staging_dir, verify_model_dir
+from past.sft import SFTRecipe, run_sft
+from past.skill import analyze, extract, inject
+
+
+class RefreshError(PastError):
+    """A refresh that cannot run (too few documents for K partitions, output taken)."""
+
+
+@dataclass
+class RefreshResult:
+    vector_dir: Path
+    rounds: list[dict]
+    wall_s: float
+
+
+def _rank(seed: int, key: str) -> str:
+    return hashlib.sha256(f"{seed}\x00partition\x00{key}".encode()).hexdigest()
+
+
+def partition_corpus(corpus: Corpus, k: int, dest: Path, seed: int = 0) -> list[Path]:
+    """Split a corpus into K disjoint corpora by document (seeded), each a folder with docs.jsonl + qa.jsonl.
+
+    Documents are ordered by a seeded hash and dealt round-robin, so partitions differ in size by at most one
+    document; a QA pair goes with its document (QA without a doc_id is dealt by its own id).
+    """
+    if k < 1:
+        raise RefreshError(f"K must be ≥ 1, got {k}")
+    if len(corpus.documents) < k:
+        raise RefreshError(f"{corpus.root}: {len(corpus.documents)} documents cannot make {k} disjoint partitions")
+    order = sorted(corpus.documents, key=lambda d: _rank(seed, d.id))
+    owner = {d.id: i % k for i, d in enumerate(order)}
+    paths = []
+    for i in range(k):
+        final = Path(dest) / f"part-{i + 1}"
+        docs = [d for d in order if owner[d.id] == i]
+        qa = [q for q in corpus.qa
+              if (owner.get(q.doc_id) if q.doc_id is not None else int(_rank(seed, q.id), 16) % k) == i]
+        if not qa:
+            raise RefreshError(f"partition {i + 1} of {corpus.root} has no QA pairs; add QA to more documents")
+        if final.exists():  # written by an earlier (interrupted) run: content is a function of (corpus, k, seed)
+            paths.append(final)
+            continue
+        tmp = staging_dir(final)
+        (tmp / "docs.jsonl").write_text("".join(json.dumps({"id": d.id, "title": d.title, "text": d.text},
+                                                           ensure_ascii=False) + "\n" for d in docs))
+        (tmp / "qa.jsonl").write_text("".join(json.dumps({"id": q.id, "question": q.question, "answer": q.answer,
+                                                          "doc_id": q.doc_id}, ensure_ascii=False) + "\n" for q in qa))
+        paths.append(publish_dir(tmp, final))
+    return paths
+
+
+def _verified(model_dir: Path) -> bool:
+    return (model_dir / MANIFEST).is_file() and not verify_model_dir(model_dir)
+
+
+def refresh_skill(
+    source: Path,
+    out_dir: Path,
+    base_model: Path,
+    rounds: int,
+    work_dir: Path,
+    sft_recipe: SFTRecipe | None = None,
+    grpo_recipe: GRPORecipe | None = None,
+    judge: Callable | None = None,
+    extra_rewards: list[Callable] | None = None,
+    seed: int = 0,
+    log: Callable[[str], None] = print,
+) -> RefreshResult:
+    """Run (or resume) the K-round refinement on `source`; the final vector v_K lands at `out_dir`."""
+    out_dir, work = Path(out_dir), Path(work_dir)
+    if out_dir.exists():
+        raise RefreshError(f"output folder {out_dir} already exists")
+    sft_recipe = sft_recipe or SFTRecipe()
+    grpo_recipe = grpo_recipe or GRPORecipe()
+    corpus = load_corpus(source)
+    work.mkdir(parents=True, exist_ok=True)
+    t0 = time.monotonic()
+    parts = partition_corpus(corpus, rounds, work / "partitions", seed)
+
+    records: list[dict] = []
+    prev_vector: Path | None = None
+    for k, part in enumerate(parts, 1):
+        rd = work / f"round-{k}"
+        marker = rd / "round.json"
+        if marker.exists():
+            records.append(json.loads(marker.read_text()))
+            prev_vector = rd / "vector"
+            log(f"round {k}/{rounds}: already done, skipping")
+            continue
+        rd.mkdir(parents=True, exist_ok=True)
+        t_round = time.monotonic()
+
+        log(f"round {k}/{rounds}: SFT of the base model on partition {k}")
+        sft_dir = rd / "sft"
+        sft_metrics = run_sft(part, sft_dir, base_model, sft_recipe, work_dir=rd / "sft-work", progress=True)
+        train_qa = [{"question": q.question, "answer": q.answer}
+                    for q in read_qa_jsonl(rd / "sft-work" / "splits" / "train.jsonl")]
+
+        if prev_vector is None:
+            init = sft_dir  # v_0 = 0
+        else:
+            init = rd / "init"
+            if not _verified(init):
+                shutil.rmtree(init, ignore_errors=True)
+                log(f"round {k}/{rounds}: init = θ_sft_{k} + v_{k - 1}")
+                inject(sft_dir, prev_vector, init, lam=1.0)
+
+        rl_dir = rd / "rl"
+        if not _verified(rl_dir):
+            shutil.rmtree(rl_dir, ignore_errors=True)
+            log(f"round {k}/{rounds}: GRPO on {len(train_qa)} QA pairs from {init.name}")
+            train_grpo(init, train_qa, rl_dir, grpo_recipe, work_dir=rd / "grpo-work", judge=judge,
+                       extra_rewards=extra_rewards)
+        grpo = read_result(rl_dir)
+
+        vec = rd / "vector"
+        shutil.rmtree(vec, ignore_errors=True)  # cheap to redo; never trust a half-finished one
+        extract(rl_dir, sft_dir, vec)
+        ortho_dir = rd / "orthogonality"
+        shutil.rmtree(ortho_dir, ignore_errors=True)
+        report = analyze(vec, base_model, sft_dir, ortho_dir, progress=False)
+
+        record = {
+            "round": k, "partition": part.name, "partition_corpus_id": load_corpus(part).id,
+            "init": "sft" if prev_vector is None else "sft+v_prev", "sft": _slim_sft(sft_metrics),
+            "grpo": {key: grpo[key] for key in ("steps", "reward_curve", "reward_std_curve", "per_reward_curves",
+                                                 "judge", "wall_s")},
+            "orthogonality": {"summary": report.get("summary"), "per_layer": report.get("per_layer"),
+                              "report_dir": str(ortho_dir)},
+            "wall_s": round(time.monotonic() - t_round, 2),
+        }
+        marker.write_text(json.dumps(record, indent=2))
+        records.append(record)
+        prev_vector = vec
+
+    lineage = {
+        "source_corpus_ids": [corpus.id],
+        "partitions": [r["partition_corpus_id"] for r in records],
+        "rounds": len(records),
+        "reward_summary": [{"round": r["round"], "first": r["grpo"]["reward_curve"][:1],
+                            "last": r["grpo"]["reward_curve"][-1:]} for r in records],
+        "reward_curves": {f"round-{r['round']}": r["grpo"]["reward_curve"] for r in records},
+        "grpo_config": asdict(grpo_recipe),
+        "sft_config": asdict(sft_recipe),
+        "base_model": _fingerprint(base_model),
+        "orthogonality": {f"round-{r['round']}": r["orthogonality"] for r in records},
+        "seed": seed,
+    }
+    final_round = work / f"round-{len(records)}"
+    extract(final_round / "rl", final_round / "sft", out_dir, lineage=lineage)
+    return RefreshResult(vector_dir=out_dir, rounds=records, wall_s=round(time.monotonic() - t0, 2))
+
+
+def _slim_sft(m: dict) -> dict:
+    keep = {}
+    for stage in ("memorize", "qa"):
+        if stage in m:
+            keep[stage] = {k: m[stage].get(k) for k in ("steps", "loss_first", "loss_last", "tokens", "wall_s")
+                           if k in m[stage]}
+    return keep
+
+
+def _fingerprint(model_dir: Path) -> dict:
+    m = Path(model_dir) / MANIFEST
+    digest = hashlib.sha256(m.read_bytes()).hexdigest() if m.is_file() else None
+    return {"path": str(model_dir), "manifest_sha256": digest}

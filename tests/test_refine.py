@@ -1,0 +1,108 @@
+"""Iterative skill refinement (K=2) on tiny models: real SFT, real GRPO, real vector arithmetic."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file
+
+import past.refine as refine
+from past.corpus import load_corpus
+from past.grpo import GRPORecipe
+from past.refine import RefreshError, partition_corpus, refresh_skill
+from past.sft import SFTRecipe
+from past.skill import read_vector
+
+
+def length_reward(completions, **_):
+    return [len(c[-1]["content"]) / 100.0 for c in completions]
+
+
+def make_source(root: Path, n_docs: int = 4) -> Path:
+    root.mkdir(parents=True)
+    qa = []
+    for i in range(n_docs):
+        (root / f"doc{i}.md").write_text(f"# Gadget {i}\nThe gadget {i} costs {10 + i} credits and is blue.\n")
+        qa += [{"question": f"How much does gadget {i} cost?", "answer": f"{10 + i} credits", "doc_id": f"doc{i}"},
+               {"question": f"What colour is gadget {i}?", "answer": "blue", "doc_id": f"doc{i}"}]
+    (root / "qa.jsonl").write_text("".join(json.dumps(q) + "\n" for q in qa))
+    return root
+
+
+SFT = SFTRecipe(max_steps_memorize=2, max_steps_qa=2, batch_size=2, max_length=64, save_steps=1, lora_r=4, lora_alpha=8)
+GRPO = GRPORecipe(max_steps=2, prompts_per_step=1, num_generations=2, max_completion_length=6, save_steps=1,
+                  learning_rate=1e-3)
+
+
+def test_partitions_are_disjoint_deterministic_and_complete(tmp_path: Path) -> None:
+    corpus = load_corpus(make_source(tmp_path / "src", 5))
+    parts = partition_corpus(corpus, 2, tmp_path / "p", seed=3)
+    docs = [{d.id for d in load_corpus(p).documents} for p in parts]
+    assert docs[0].isdisjoint(docs[1]) and docs[0] | docs[1] == {d.id for d in corpus.documents}
+    assert abs(len(docs[0]) - len(docs[1])) <= 1
+    again = partition_corpus(corpus, 2, tmp_path / "p2", seed=3)
+    assert [load_corpus(p).id for p in parts] == [load_corpus(p).id for p in again]
+    with pytest.raises(RefreshError, match="cannot make"):
+        partition_corpus(corpus, 6, tmp_path / "p3")
+
+
+def test_refresh_k2_round2_starts_from_sft2_plus_v1_and_records_lineage(tiny_model_dir: Path, tmp_path: Path) -> None:
+    src = make_source(tmp_path / "src")
+    work, out = tmp_path / "work", tmp_path / "vector"
+    res = refresh_skill(src, out, tiny_model_dir, 2, work, SFT, GRPO, extra_rewards=[length_reward], log=lambda m: None)
+    assert [r["round"] for r in res.rounds] == [1, 2]
+    assert res.rounds[0]["init"] == "sft" and res.rounds[1]["init"] == "sft+v_prev"
+
+    # Round 2's GRPO started from θ_sft_2 + v_1, tensor by tensor.
+    sft2 = load_file(work / "round-2" / "sft" / "model.safetensors")
+    init2 = load_file(work / "round-2" / "init" / "model.safetensors")
+    read_vector(work / "round-1" / "vector")  # manifest and shards consistent
+    v1 = {}
+    for f in sorted((work / "round-1" / "vector").glob("*.safetensors")):
+        with safe_open(f, "pt") as h:
+            v1.update({k: h.get_tensor(k) for k in h.keys()})
+    assert v1 and any(t.abs().max() > 0 for t in v1.values()), "v_1 must be non-zero for the check to mean anything"
+    for name, w in sft2.items():
+        expected = w.float() + v1[name].float() if name in v1 else w.float()
+        assert torch.allclose(init2[name].float(), expected, atol=1e-6), name
+
+    m = json.loads((out / "skill.json").read_text())
+    lin = m["lineage"]
+    assert lin["rounds"] == 2 and len(lin["partitions"]) == 2 and lin["source_corpus_ids"] == [load_corpus(src).id]
+    assert set(lin["reward_curves"]) == {"round-1", "round-2"} and all(len(c) == 2 for c in lin["reward_curves"].values())
+    assert lin["grpo_config"]["num_generations"] == 2 and lin["base_model"]["manifest_sha256"]
+    assert set(lin["orthogonality"]) == {"round-1", "round-2"}
+
+
+def test_refresh_resumes_and_skips_finished_rounds(tiny_model_dir: Path, tmp_path: Path, monkeypatch) -> None:
+    src = make_source(tmp_path / "src")
+    work, out = tmp_path / "work", tmp_path / "vector"
+    real_grpo = refine.train_grpo
+    calls = {"n": 0}
+
+    def crashing_grpo(*a, **kw):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise RuntimeError("killed during round 2")
+        return real_grpo(*a, **kw)
+
+    monkeypatch.setattr(refine, "train_grpo", crashing_grpo)
+    with pytest.raises(RuntimeError, match="round 2"):
+        refresh_skill(src, out, tiny_model_dir, 2, work, SFT, GRPO, extra_rewards=[length_reward], log=lambda m: None)
+    assert (work / "round-1" / "round.json").exists() and not (work / "round-2" / "round.json").exists()
+    assert not out.exists(), "no vector is published by a failed refresh"
+    r1_mtime = (work / "round-1" / "rl" / "model.safetensors").stat().st_mtime_ns
+
+    messages: list[str] = []
+    monkeypatch.setattr(refine, "train_grpo", real_grpo)
+    res = refresh_skill(src, out, tiny_model_dir, 2, work, SFT, GRPO, extra_rewards=[length_reward],
+                        log=messages.append)
+    assert any("round 1/2: already done" in m for m in messages)
+    assert (work / "round-1" / "rl" / "model.safetensors").stat().st_mtime_ns == r1_mtime
+    assert len(res.rounds) == 2 and (out / "skill.json").exists()
+    with pytest.raises(RefreshError, match="already exists"):
+        refresh_skill(src, out, tiny_model_dir, 2, work, SFT, GRPO)
