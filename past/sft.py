@@ -102,12 +102,16 @@ def last_complete_checkpoint(ckpt_dir: Path) -> Path | None:
         m = re.fullmatch(r"checkpoint-(\d+)", p.name)
         if m and (p / "trainer_state.json").is_file() and int(m.group(1)) > best_step:
             best, best_step = p, int(m.group(1))
-    # a half-written later checkpoint (killed mid-save) would confuse rotation: drop it
+    return best
+
+
+def drop_partial_checkpoints(ckpt_dir: Path, keep: Path | None) -> None:
+    """Delete checkpoints newer than `keep`: half-written by a run killed mid-save (only call before training)."""
+    keep_step = _step_of(keep) if keep is not None else -1
     for p in Path(ckpt_dir).glob("checkpoint-*") if Path(ckpt_dir).is_dir() else []:
         m = re.fullmatch(r"checkpoint-(\d+)", p.name)
-        if m and int(m.group(1)) > best_step:
+        if m and int(m.group(1)) > keep_step:
             shutil.rmtree(p, ignore_errors=True)
-    return best
 
 
 # --- one stage --------------------------------------------------------------------------------------------
@@ -125,6 +129,7 @@ def train_stage(name: str, model_dir: Path, rows: list[dict], recipe: SFTRecipe,
     stage_dir.mkdir(parents=True, exist_ok=True)
     ckpt_dir = stage_dir / "checkpoints"
     resume = last_complete_checkpoint(ckpt_dir)
+    drop_partial_checkpoints(ckpt_dir, resume)
     cuda = torch.cuda.is_available()
     tok = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
