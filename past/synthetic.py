@@ -1,0 +1,146 @@
+"""Fictional support-bot domains that no model has seen: products, policies and fixes with made-up names.
+
+A domain is a list of products; each product has the same attributes (price, warranty, reset hold time, ...)
+with random values. From it we write:
+- documents: one support article per product stating all its facts in prose;
+- rewrites: several re-phrasings of each article (the "implications" SEAL and the paper generate), because
+  a small model only makes a fact extractable after seeing it in several phrasings;
+- QA, in four kinds: `train` (the training phrasing, for a subset of attributes), `paraphrase` (the same
+  facts asked differently: held out), `doc_only` (attributes that appear only in documents, never as QA:
+  held out), `two_fact` (compare two products: held out).
+
+Source and target domains draw product names from one pool without replacement, so they share no entities.
+Everything is a pure function of the seed.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+
+_SYL_A = ["zor", "quan", "vel", "bri", "tam", "kor", "nil", "fen", "dra", "sol", "mir", "pax", "lum", "tor",
+          "gav", "ori", "hel", "cyn", "rav", "bex"]
+_SYL_B = ["vex", "dle", "tra", "mo", "lix", "ran", "bo", "sen", "pha", "dor", "quin", "ta", "ver", "nox", "mel"]
+_KINDS = ["Router", "Hub", "Speaker", "Camera", "Thermostat", "Lamp", "Scanner", "Tablet", "Keyboard", "Drone"]
+_COLORS = ["teal", "amber", "crimson", "ivory", "slate", "olive", "violet", "copper"]
+_CITIES = ["Tessaport", "Brisco", "Fendle", "Calyx", "Orrin", "Duvale", "Marrow", "Quessa"]
+
+# attribute -> (value maker, sentence, train question, paraphrase question, alternative sentence for rewrites)
+ATTRIBUTES: dict[str, tuple] = {
+    "price": (lambda r: f"{r.randint(12, 95) * 10} credits", "The {p} costs {v}.",
+              "How much does the {p} cost?", "What is the price of the {p}?", "A new {p} is sold for {v}."),
+    "warranty": (lambda r: f"{r.choice([6, 9, 12, 18, 24, 30, 36])} months", "The {p} comes with a warranty of {v}.",
+                 "How long is the warranty of the {p}?", "For how long is the {p} covered by warranty?", "Repairs of a {p} are free for {v} after purchase."),
+    "reset": (lambda r: f"{r.randint(3, 25)} seconds", "To reset the {p}, hold the power button for {v}.",
+              "How long must you hold the power button to reset the {p}?",
+              "To factory-reset the {p}, how long do you press the power button?",
+              "Pressing the power button of the {p} for {v} restores its factory settings."),
+    "color": (lambda r: r.choice(_COLORS), "The status light of the {p} glows {v} when it needs an update.",
+              "What color is the {p}'s status light when it needs an update?",
+              "When the {p} needs an update, which color does its status light show?",
+              "A {v} status light on the {p} means an update is waiting."),
+    "factory": (lambda r: r.choice(_CITIES), "The {p} is assembled in the city of {v}.",
+                "Where is the {p} assembled?", "In which city is the {p} built?", "Every {p} is built in {v}."),
+    "code": (lambda r: f"E{r.randint(10, 99)}", "If the {p} overheats it shows error code {v}.",
+             "Which error code does the {p} show when it overheats?",
+             "What error code means the {p} is overheating?", "Error {v} on a {p} means it is too hot."),
+}
+TRAIN_ATTRS = ("price", "warranty", "reset", "color")  # asked in training QA
+DOC_ONLY_ATTRS = ("factory", "code")  # stated only in documents
+
+_REWRITES = [
+    "Support note for the {p}: {facts}",
+    "Frequently asked about the {p}. {facts}",
+    "Quick facts ({p}): {facts}",
+]
+
+
+@dataclass
+class Domain:
+    name: str
+    products: dict[str, dict[str, str]]  # product name -> attribute -> value
+    qa: dict[str, list[dict]] = field(default_factory=dict)  # kind -> QA records
+
+    def documents(self) -> list[dict]:
+        return [{"id": _slug(p), "title": p, "text": f"# {p}\n\n" + " ".join(
+            ATTRIBUTES[a][1].format(p=p, v=v) for a, v in attrs.items())} for p, attrs in self.products.items()]
+
+    def rewrites(self, n: int = 3) -> dict[str, list[str]]:
+        out = {}
+        for p, attrs in self.products.items():
+            # Alternate the two phrasings of each fact and rotate their order, so every rewrite differs.
+            out[_slug(p)] = []
+            for i, tpl in enumerate(_REWRITES[:n]):
+                sentences = [ATTRIBUTES[a][1 if (i + j) % 2 else 4].format(p=p, v=v)
+                             for j, (a, v) in enumerate(attrs.items())]
+                out[_slug(p)].append(tpl.format(p=p, facts=" ".join(sentences[i:] + sentences[:i])))
+        return out
+
+
+def _slug(name: str) -> str:
+    return name.lower().replace(" ", "-")
+
+
+def _names(rng: random.Random, n: int, taken: set[str]) -> list[str]:
+    names = []
+    while len(names) < n:
+        nm = f"{rng.choice(_SYL_A).capitalize()}{rng.choice(_SYL_B)} {rng.choice(_KINDS)}"
+        if nm not in taken:
+            taken.add(nm)
+            names.append(nm)
+    return names
+
+
+def make_domain(name: str, n_products: int, rng: random.Random, taken: set[str]) -> Domain:
+    products = {p: {a: spec[0](rng) for a, spec in ATTRIBUTES.items()} for p in _names(rng, n_products, taken)}
+    d = Domain(name=name, products=products)
+    q: dict[str, list[dict]] = {"train": [], "paraphrase": [], "doc_only": [], "two_fact": []}
+    for p, attrs in products.items():
+        for a in TRAIN_ATTRS:
+            q["train"].append({"question": ATTRIBUTES[a][2].format(p=p), "answer": attrs[a], "doc_id": _slug(p)})
+            q["paraphrase"].append({"question": ATTRIBUTES[a][3].format(p=p), "answer": attrs[a], "doc_id": _slug(p)})
+        for a in DOC_ONLY_ATTRS:
+            q["doc_only"].append({"question": ATTRIBUTES[a][2].format(p=p), "answer": attrs[a], "doc_id": _slug(p)})
+    names = list(products)
+    for x, y in zip(names, names[1:] + names[:1]):
+        px, py = (int(products[n]["price"].split()[0]) for n in (x, y))
+        if px != py:
+            q["two_fact"].append({"question": f"Which costs more, the {x} or the {y}?",
+                                  "answer": x if px > py else y, "doc_id": None})
+    for kind, rows in q.items():
+        for i, r in enumerate(rows):
+            r["id"] = f"{name}-{kind}-{i}"
+    d.qa = q
+    return d
+
+
+def make_domains(seed: int = 0, n_source: int = 12, n_target: int = 10) -> tuple[Domain, Domain]:
+    """A source and a target domain with disjoint product names."""
+    rng, taken = random.Random(seed), set()
+    return make_domain("source", n_source, rng, taken), make_domain("target", n_target, rng, taken)
+
+
+def write_corpus(domain: Domain, dest: Path, rewrites: int = 3, qa_kinds: tuple[str, ...] = ("train",)) -> Path:
+    """Write the domain as a corpus folder: one .md per product (+ rewrites in the same file) and qa.jsonl."""
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=False)
+    rw = domain.rewrites(rewrites) if rewrites else {}
+    for doc in domain.documents():
+        extra = "\n\n".join(rw.get(doc["id"], []))
+        (dest / f"{doc['id']}.md").write_text(doc["text"] + ("\n\n" + extra if extra else "") + "\n")
+    rows = [r for k in qa_kinds for r in domain.qa[k]]
+    (dest / "qa.jsonl").write_text("".join(json.dumps({k: r[k] for k in ("question", "answer", "doc_id")}) + "\n"
+                                           for r in rows))
+    return dest
+
+
+def write_heldout(domain: Domain, path: Path, kinds: tuple[str, ...] = ("paraphrase", "doc_only", "two_fact"),
+                  corpus_id: str = "") -> Path:
+    """Held-out questions in the eval-split schema (id, question, answer, doc_id, corpus_id) + their `kind`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps({**r, "corpus_id": corpus_id, "kind": k}) + "\n"
+                            for k in kinds for r in domain.qa[k]))
+    return path

@@ -1,0 +1,35 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+from past.corpus import load_corpus, validate
+from past.synthetic import DOC_ONLY_ATTRS, make_domains, write_corpus, write_heldout
+
+
+def test_domains_are_disjoint_and_deterministic() -> None:
+    s, t = make_domains(seed=1)
+    assert not set(s.products) & set(t.products)
+    s2, t2 = make_domains(seed=1)
+    assert s.products == s2.products and t.qa == t2.qa
+    assert make_domains(seed=2)[0].products != s.products
+
+
+def test_doc_only_facts_are_in_documents_but_never_in_training_qa() -> None:
+    _, t = make_domains(seed=0)
+    train_q = {r["question"] for r in t.qa["train"]}
+    docs = " ".join(d["text"] for d in t.documents())
+    for r in t.qa["doc_only"]:
+        assert r["question"] not in train_q and r["answer"] in docs
+    assert {r["question"] for r in t.qa["paraphrase"]}.isdisjoint(train_q)
+    assert len(t.qa["doc_only"]) == len(t.products) * len(DOC_ONLY_ATTRS)
+
+
+def test_written_corpus_is_valid_with_rewrites(tmp_path: Path) -> None:
+    s, _ = make_domains(seed=0)
+    root = write_corpus(s, tmp_path / "src", rewrites=3)
+    assert validate(root) == []
+    c = load_corpus(root)
+    assert len(c.documents) == len(s.products) and len(c.qa) == len(s.qa["train"])
+    assert all(d.text.count(d.title) >= 4 for d in c.documents), "article + 3 rewrites name the product"
+    held = write_heldout(s, tmp_path / "heldout.jsonl", corpus_id=c.id)
+    assert len(held.read_text().splitlines()) == sum(len(s.qa[k]) for k in ("paraphrase", "doc_only", "two_fact"))
