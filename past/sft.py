@@ -155,18 +155,26 @@ def train_stage(name: str, model_dir: Path, rows: list[dict], recipe: SFTRecipe,
     )
     trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tok,
                          peft_config=peft_config)
+    if not progress:  # disable_tqdm swaps the bars for a per-step dict printer; quiet means quiet
+        from transformers.trainer_callback import PrinterCallback
+
+        trainer.remove_callback(PrinterCallback)
     t0 = time.perf_counter()
     out = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     wall = time.perf_counter() - t0
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
-    runtime = float(out.metrics.get("train_runtime", wall))
+    # the last step log's timer stops before the end-of-training checkpoint save, so it is training alone
+    step_logs = [h for h in trainer.state.log_history if "loss" in h and "train_runtime" in h]
+    runtime = float(step_logs[-1]["train_runtime"] if step_logs else out.metrics.get("train_runtime", wall))
     tokens = int(trainer.state.num_input_tokens_seen or 0)
     metrics = {
         "stage": name, "steps": int(trainer.state.global_step), "resumed_from_step": _step_of(resume),
         "examples": len(rows), "loss_first": losses[0] if losses else None,
         "loss_last": losses[-1] if losses else None, "loss_curve": losses, "tokens": tokens,
         "wall_s": round(wall, 3), "train_runtime_s": runtime,
-        "tokens_per_s": round(tokens / runtime, 1) if runtime > 0 else None, "use_lora": recipe.use_lora,
+        # this session's tokens over this session's time (after a resume, `tokens` also counts the old run)
+        "tokens_per_s": round(float(step_logs[-1].get("train_tokens_per_second", 0.0)), 1) if step_logs
+        else (round(tokens / runtime, 1) if runtime > 0 else None), "use_lora": recipe.use_lora,
     }
     if save_model:
         model = trainer.model.merge_and_unload() if recipe.use_lora else trainer.model
