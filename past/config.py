@@ -62,6 +62,8 @@ class Settings:
     gate_concurrency: int = _f(8, "Concurrent requests the gate sends to the endpoint.")
     gate_request_timeout_s: float = _f(60.0, "Timeout of one gate request.")
     gate_max_tokens: int = _f(64, "Max new tokens per gate answer.")
+    gate_retention_items: int = _f(24, "Held-out questions sampled (seeded) from earlier promoted corpora to check "
+                                   "the candidate still knows them.")
     gate_max_error_rate: float = _f(0.05, "Largest fraction of gate requests that may fail (error, timeout, empty "
                                     "or malformed answer) before the gate fails closed.")
 

@@ -84,6 +84,84 @@ def _verified(model_dir: Path) -> bool:
     return (model_dir / MANIFEST).is_file() and not verify_model_dir(model_dir)
 
 
+def run_round(k: int, partition: Path, base_model: Path, prev_vector: Path | None, work: Path,
+              sft_recipe: SFTRecipe, grpo_recipe: GRPORecipe, judge: Callable | None = None,
+              extra_rewards: list[Callable] | None = None, log: Callable[[str], None] = print) -> dict:
+    """Round k: θ_sft_k = SFT(θ_base, D_k); θ_rl_k = GRPO(θ_sft_k + v_{k-1}); v_k = θ_rl_k − θ_sft_k.
+
+    Returns the round's record (also written to `<work>/round-k/round.json`); `record["vector"]` is v_k.
+    A round whose record exists is returned as is; otherwise finished steps inside it are reused.
+    """
+    rd = Path(work) / f"round-{k}"
+    marker = rd / "round.json"
+    if marker.exists():
+        log(f"round {k}: already done, skipping")
+        return json.loads(marker.read_text())
+    rd.mkdir(parents=True, exist_ok=True)
+    t_round = time.monotonic()
+
+    log(f"round {k}: SFT of the base model on {partition.name}")
+    sft_dir = rd / "sft"
+    sft_metrics = run_sft(partition, sft_dir, base_model, sft_recipe, work_dir=rd / "sft-work", progress=True)
+    train_qa = [{"question": q.question, "answer": q.answer}
+                for q in read_qa_jsonl(rd / "sft-work" / "splits" / "train.jsonl")]
+
+    if prev_vector is None:
+        init = sft_dir  # v_0 = 0
+    else:
+        init = rd / "init"
+        if not _verified(init):
+            shutil.rmtree(init, ignore_errors=True)
+            log(f"round {k}: init = θ_sft_{k} + v_{k - 1}")
+            inject(sft_dir, prev_vector, init, lam=1.0)
+
+    rl_dir = rd / "rl"
+    if not _verified(rl_dir):
+        shutil.rmtree(rl_dir, ignore_errors=True)
+        log(f"round {k}: GRPO on {len(train_qa)} QA pairs from {init.name}")
+        train_grpo(init, train_qa, rl_dir, grpo_recipe, work_dir=rd / "grpo-work", judge=judge,
+                   extra_rewards=extra_rewards)
+    grpo = read_result(rl_dir)
+
+    vec = rd / "vector"
+    shutil.rmtree(vec, ignore_errors=True)  # cheap to redo; never trust a half-finished one
+    extract(rl_dir, sft_dir, vec)
+    ortho_dir = rd / "orthogonality"
+    shutil.rmtree(ortho_dir, ignore_errors=True)
+    report = analyze(vec, base_model, sft_dir, ortho_dir, progress=False)
+
+    record = {
+        "round": k, "partition": partition.name, "partition_corpus_id": load_corpus(partition).id,
+        "init": "sft" if prev_vector is None else "sft+v_prev", "sft": _slim_sft(sft_metrics),
+        "grpo": {key: grpo[key] for key in ("steps", "reward_curve", "reward_std_curve", "per_reward_curves",
+                                             "judge", "wall_s")},
+        "orthogonality": {"summary": report.get("summary"), "per_layer": report.get("per_layer"),
+                          "report_dir": str(ortho_dir)},
+        "vector": str(vec), "rl": str(rl_dir), "sft_dir": str(sft_dir),
+        "wall_s": round(time.monotonic() - t_round, 2),
+    }
+    marker.write_text(json.dumps(record, indent=2))
+    return record
+
+
+def lineage(source_corpus_id: str, records: list[dict], base_model: Path, sft_recipe: SFTRecipe,
+            grpo_recipe: GRPORecipe, seed: int) -> dict:
+    """What the shipped vector's manifest says about where it came from."""
+    return {
+        "source_corpus_ids": [source_corpus_id],
+        "partitions": [r["partition_corpus_id"] for r in records],
+        "rounds": len(records),
+        "reward_summary": [{"round": r["round"], "first": r["grpo"]["reward_curve"][:1],
+                            "last": r["grpo"]["reward_curve"][-1:]} for r in records],
+        "reward_curves": {f"round-{r['round']}": r["grpo"]["reward_curve"] for r in records},
+        "grpo_config": asdict(grpo_recipe),
+        "sft_config": asdict(sft_recipe),
+        "base_model": _fingerprint(base_model),
+        "orthogonality": {f"round-{r['round']}": r["orthogonality"] for r in records},
+        "seed": seed,
+    }
+
+
 def refresh_skill(
     source: Path,
     out_dir: Path,
@@ -111,74 +189,13 @@ def refresh_skill(
     records: list[dict] = []
     prev_vector: Path | None = None
     for k, part in enumerate(parts, 1):
-        rd = work / f"round-{k}"
-        marker = rd / "round.json"
-        if marker.exists():
-            records.append(json.loads(marker.read_text()))
-            prev_vector = rd / "vector"
-            log(f"round {k}/{rounds}: already done, skipping")
-            continue
-        rd.mkdir(parents=True, exist_ok=True)
-        t_round = time.monotonic()
+        records.append(run_round(k, part, base_model, prev_vector, work, sft_recipe, grpo_recipe, judge,
+                                 extra_rewards, log=lambda m, k=k: log(f"{m} (of {rounds})")))
+        prev_vector = Path(records[-1]["vector"])
 
-        log(f"round {k}/{rounds}: SFT of the base model on partition {k}")
-        sft_dir = rd / "sft"
-        sft_metrics = run_sft(part, sft_dir, base_model, sft_recipe, work_dir=rd / "sft-work", progress=True)
-        train_qa = [{"question": q.question, "answer": q.answer}
-                    for q in read_qa_jsonl(rd / "sft-work" / "splits" / "train.jsonl")]
-
-        if prev_vector is None:
-            init = sft_dir  # v_0 = 0
-        else:
-            init = rd / "init"
-            if not _verified(init):
-                shutil.rmtree(init, ignore_errors=True)
-                log(f"round {k}/{rounds}: init = θ_sft_{k} + v_{k - 1}")
-                inject(sft_dir, prev_vector, init, lam=1.0)
-
-        rl_dir = rd / "rl"
-        if not _verified(rl_dir):
-            shutil.rmtree(rl_dir, ignore_errors=True)
-            log(f"round {k}/{rounds}: GRPO on {len(train_qa)} QA pairs from {init.name}")
-            train_grpo(init, train_qa, rl_dir, grpo_recipe, work_dir=rd / "grpo-work", judge=judge,
-                       extra_rewards=extra_rewards)
-        grpo = read_result(rl_dir)
-
-        vec = rd / "vector"
-        shutil.rmtree(vec, ignore_errors=True)  # cheap to redo; never trust a half-finished one
-        extract(rl_dir, sft_dir, vec)
-        ortho_dir = rd / "orthogonality"
-        shutil.rmtree(ortho_dir, ignore_errors=True)
-        report = analyze(vec, base_model, sft_dir, ortho_dir, progress=False)
-
-        record = {
-            "round": k, "partition": part.name, "partition_corpus_id": load_corpus(part).id,
-            "init": "sft" if prev_vector is None else "sft+v_prev", "sft": _slim_sft(sft_metrics),
-            "grpo": {key: grpo[key] for key in ("steps", "reward_curve", "reward_std_curve", "per_reward_curves",
-                                                 "judge", "wall_s")},
-            "orthogonality": {"summary": report.get("summary"), "per_layer": report.get("per_layer"),
-                              "report_dir": str(ortho_dir)},
-            "wall_s": round(time.monotonic() - t_round, 2),
-        }
-        marker.write_text(json.dumps(record, indent=2))
-        records.append(record)
-        prev_vector = vec
-
-    lineage = {
-        "source_corpus_ids": [corpus.id],
-        "partitions": [r["partition_corpus_id"] for r in records],
-        "rounds": len(records),
-        "reward_summary": [{"round": r["round"], "first": r["grpo"]["reward_curve"][:1],
-                            "last": r["grpo"]["reward_curve"][-1:]} for r in records],
-        "reward_curves": {f"round-{r['round']}": r["grpo"]["reward_curve"] for r in records},
-        "grpo_config": asdict(grpo_recipe),
-        "sft_config": asdict(sft_recipe),
-        "base_model": _fingerprint(base_model),
-        "orthogonality": {f"round-{r['round']}": r["orthogonality"] for r in records},
-        "seed": seed,
-    }
-    final_round = work / f"round-{len(records)}"
-    extract(final_round / "rl", final_round / "sft", out_dir, lineage=lineage)
+    last = records[-1]
+    extract(Path(last["rl"]), Path(last["sft_dir"]), out_dir,
+            lineage=lineage(corpus.id, records, base_model, sft_recipe, grpo_recipe, seed))
     return RefreshResult(vector_dir=out_dir, rounds=records, wall_s=round(time.monotonic() - t0, 2))
 
 
