@@ -353,6 +353,7 @@ class Champion:
     version: str
     model_dir: Path | None = None
     url: str = ""  # an endpoint already serving it, instead of starting vLLM
+    served_name: str = ""  # the model name at `url`, when it is not `version`
 
 
 @dataclass
@@ -467,8 +468,8 @@ def run_gate(candidate_dir: str | Path | None, items: list[EvalItem], settings, 
         timings["champion_cached"] = float(champ is not None)
         if champ is None:
             log(f"gate: serving champion {champion.version} (no cached scores for this eval set)")
-            champ, why = _serve_and_answer(champion.model_dir, champion.version, champion.url, items, settings,
-                                           judge, "champion", timings)
+            champ, why = _serve_and_answer(champion.model_dir, champion.served_name or champion.version,
+                                           champion.url, items, settings, judge, "champion", timings)
             if champ is None or why:
                 return GateReport(GateDecision.failed(why or "no champion results", cv, h), cand, champ, items,
                                   timings)

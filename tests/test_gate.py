@@ -45,6 +45,9 @@ class FakeOpenAI:
                 pass
 
             def do_GET(self):
+                if self.path == "/v1/models":
+                    return self._send(200, json.dumps({"object": "list", "data": [
+                        {"id": "fake", "object": "model", "created": 0, "owned_by": "test"}]}).encode())
                 self._send(200, b"{}") if self.path == "/health" else self._send(404, b"{}")
 
             def do_POST(self):
@@ -348,3 +351,17 @@ def test_judge_verdicts_decide_and_are_cached(items, settings, servers) -> None:
     s2 = dataclasses.replace(settings, judge_base_url=bad.url, judge_model="j")
     rep = run_gate(None, items, s2, "m/2", candidate_url=cand.url, log=lambda m: None)
     assert not rep.decision.passed and "judge gave no verdict" in rep.decision.reason
+
+
+def test_cli_gate_exit_codes(qa_file, servers, tmp_path, capsys) -> None:
+    from past.cli import main
+
+    items = load_eval_items(qa_file)
+    good, bad = servers("good", right_answers(items)), servers("wrong")
+    args = ["gate", "--eval", str(qa_file), "--no-general", "--out", str(tmp_path / "r")]
+    assert main([*args, "--url", good.url, "--name", "m"]) == 0
+    assert "PASS" in capsys.readouterr().out and (tmp_path / "r" / "gate-report.json").is_file()
+    assert main([*args, "--url", good.url, "--champion-url", bad.url, "--name", "m"]) == 0
+    assert main([*args, "--url", bad.url, "--name", "m"]) == 1
+    assert "FAIL: new-corpus accuracy 0.000 below the floor" in capsys.readouterr().out
+    assert main(["gate", "--eval", str(qa_file)]) == 2  # neither --model nor --url

@@ -77,7 +77,8 @@ def run_gate(args: argparse.Namespace) -> int:
     champion = None
     if args.champion or args.champion_url:
         key = f"dir:{folder_sha256(args.champion)[:16]}" if args.champion else f"url:{args.champion_url}"
-        champion = Champion(key, args.champion, args.champion_url)
+        champion = Champion(key, args.champion, args.champion_url,
+                            _served_name(args.champion_url) if args.champion_url else "")
     name = args.name or (_served_name(args.url) if args.url else "candidate/manual")
     report = gate(args.model, items, s, name, champion=champion, candidate_url=args.url)
     out = args.out or s.runs_dir / f"gate-{time.strftime('%Y%m%d-%H%M%S')}"
