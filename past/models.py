@@ -57,12 +57,18 @@ def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
     return h.hexdigest()
 
 
-def write_manifest(model_dir: Path, **extra: object) -> dict:
-    """Record sha256 and size of every file in the folder (the manifest itself excluded)."""
-    files = {
-        p.relative_to(model_dir).as_posix(): {"sha256": sha256_file(p), "bytes": p.stat().st_size}
-        for p in sorted(model_dir.rglob("*")) if p.is_file() and p.name != MANIFEST
-    }
+def write_manifest(model_dir: Path, hashes: dict[str, str] | None = None, **extra: object) -> dict:
+    """Record sha256 and size of every file in the folder (the manifest itself excluded).
+
+    `hashes` maps relative paths to sha256 digests already computed while writing (e.g. streamed weight
+    shards), so multi-GB files are not read a second time.
+    """
+    hashes = hashes or {}
+    files = {}
+    for p in sorted(model_dir.rglob("*")):
+        if p.is_file() and p.name != MANIFEST:
+            rel = p.relative_to(model_dir).as_posix()
+            files[rel] = {"sha256": hashes.get(rel) or sha256_file(p), "bytes": p.stat().st_size}
     manifest = {"format": 1, "files": files, "created": time.time(), **extra}
     (model_dir / MANIFEST).write_text(json.dumps(manifest, indent=2))
     return manifest
