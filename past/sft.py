@@ -203,14 +203,94 @@ def _done(model_dir: Path, run_key: str) -> bool:
 
 
 # --- both stages ------------------------------------------------------------------------------------------
+def _model_id(model_dir: Path) -> str:
+    """A model folder's identity: the sha256 of its checksum manifest (else its path)."""
+    m = Path(model_dir) / MANIFEST
+    return hashlib.sha256(m.read_bytes()).hexdigest() if m.is_file() else str(Path(model_dir).resolve())
+
+
+def _key(**parts) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
 def run_key(corpus: Corpus, base_model: Path, recipe: SFTRecipe, qa: list[QAPair],
             implications: dict[str, list[str]] | None) -> str:
     """What makes two runs "the same command": corpus, base model, recipe, QA and implications."""
-    base_manifest = Path(base_model) / MANIFEST
-    base_id = hashlib.sha256(base_manifest.read_bytes()).hexdigest() if base_manifest.is_file() else str(base_model)
-    blob = json.dumps({"corpus": corpus.id, "base": base_id, "recipe": recipe.key(),
-                       "qa": sorted(p.id for p in qa), "impl": implications or {}}, sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+    return _key(corpus=corpus.id, base=_model_id(base_model), recipe=recipe.key(), qa=sorted(p.id for p in qa),
+                impl=implications or {})
+
+
+def _corpus_qa(corpus: Corpus, qa: list[QAPair] | None, where: Path) -> list[QAPair]:
+    qa = corpus.qa if corpus.qa else (qa or [])
+    if not qa:
+        raise SFTError(f"{where}: no QA pairs; add qa.jsonl or run `past corpus generate-qa`")
+    return qa
+
+
+def run_memorize(corpus_path: Path, base_model: Path, recipe: SFTRecipe, work_dir: Path,
+                 implications: dict[str, list[str]] | None = None, progress: bool = True) -> dict:
+    """Stage 1 alone -> {"model": <work>/stage1/model, "metrics", "run_key"}; skipped if already done."""
+    corpus = load_corpus(corpus_path)
+    key = _key(stage="memorize", corpus=corpus.id, base=_model_id(base_model), recipe=recipe.key(),
+               impl=implications or {})
+    s1 = Path(work_dir) / "stage1"
+    if _done(s1 / "model", key):
+        m1 = json.loads((s1 / "metrics.json").read_text()) | {"skipped": True}
+    else:
+        rows = [{"text": t} for t in memorize_texts(corpus, implications)]
+        m1 = train_stage("memorize", Path(base_model), rows, recipe, s1, s1 / "model", recipe.epochs_memorize,
+                         recipe.lr_memorize, recipe.max_steps_memorize, packing=True,
+                         manifest_extra={"run_key": key, "corpus_id": corpus.id}, progress=progress)
+    return {"model": s1 / "model", "metrics": m1, "run_key": key}
+
+
+def run_qa(corpus_path: Path, stage1_model: Path, base_model: Path, recipe: SFTRecipe, work_dir: Path,
+           out_dir: Path, qa: list[QAPair] | None = None, overwrite: bool = False, progress: bool = True) -> dict:
+    """Split the QA, train stage 2 from `stage1_model` on the train side, publish the model to `out_dir`.
+
+    Returns {"model", "eval_split", "train_split", "metrics": {"memorize"?, "qa", "split", ...}, "run_key"}.
+    `base_model` is recorded in the manifest (pass the stage-1 model itself when stage 1 was skipped).
+    """
+    corpus = load_corpus(corpus_path)
+    qa = _corpus_qa(corpus, qa, Path(corpus_path))
+    work, out_dir, stage1_model = Path(work_dir), Path(out_dir), Path(stage1_model)
+    work.mkdir(parents=True, exist_ok=True)
+    split = write_splits(corpus, work / "splits", qa, recipe.eval_fraction, recipe.seed)
+    result = {"model": out_dir, "eval_split": work / "splits" / "eval.jsonl",
+              "train_split": work / "splits" / "train.jsonl"}
+    train_ids = {json.loads(line)["id"] for line in result["train_split"].read_text().splitlines()}
+    train_qa = [p for p in qa if p.id in train_ids]
+    key = _key(stage="qa", corpus=corpus.id, start=_model_id(stage1_model), recipe=recipe.key(),
+               qa=sorted(p.id for p in qa))
+    if _done(out_dir, key):
+        return result | {"metrics": json.loads((out_dir / MANIFEST).read_text())["metrics"], "run_key": key}
+    if out_dir.exists() and not overwrite:
+        raise SFTError(f"{out_dir} already exists (from another run); pass overwrite/--overwrite to replace it")
+
+    metrics: dict = {"run_key": key, "corpus_id": corpus.id, "work_dir": str(work), "split": split}
+    s1_manifest = json.loads((stage1_model / MANIFEST).read_text()) if (stage1_model / MANIFEST).is_file() else {}
+    if str(s1_manifest.get("source", "")) == "past-sft:memorize":
+        metrics["memorize"] = s1_manifest.get("sft")
+    s2, tmp_final = work / "stage2", work / "stage2-model"  # trained here, then published with the full manifest
+    if _done(tmp_final, key):
+        m2 = json.loads((s2 / "metrics.json").read_text()) | {"skipped": True}
+    else:
+        m2 = train_stage("qa", stage1_model, qa_examples(train_qa), recipe, s2, tmp_final, recipe.epochs_qa,
+                         recipe.lr_qa, recipe.max_steps_qa, packing=False,
+                         manifest_extra={"run_key": key, "corpus_id": corpus.id}, progress=progress)
+    metrics["qa"] = m2
+    stage = staging_dir(out_dir)
+    try:
+        for p in tmp_final.iterdir():
+            if p.name != MANIFEST:
+                shutil.copy2(p, stage / p.name)
+        write_manifest(stage, source="past-sft", base_model=str(base_model), stage1_model=str(stage1_model),
+                       run_key=key, corpus_id=corpus.id, recipe=recipe.key(), metrics=metrics)
+        publish_dir(stage, out_dir, replace=out_dir.exists())
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+    return result | {"metrics": metrics, "run_key": key}
 
 
 def run_sft(corpus_path: Path, out_dir: Path, base_model: Path, recipe: SFTRecipe, work_dir: Path | None = None,
@@ -222,61 +302,25 @@ def run_sft(corpus_path: Path, out_dir: Path, base_model: Path, recipe: SFTRecip
     is written to `<work>/splits/` (eval.jsonl feeds the gate) and only the train side reaches stage 2.
     """
     corpus = load_corpus(corpus_path)
-    qa = corpus.qa if corpus.qa else (qa or [])
-    if not qa:
-        raise SFTError(f"{corpus_path}: no QA pairs; add qa.jsonl or run `past corpus generate-qa`")
-    out_dir, base_model = Path(out_dir), Path(base_model)
+    qa = _corpus_qa(corpus, qa, Path(corpus_path))
+    base_model = Path(base_model)
     key = run_key(corpus, base_model, recipe, qa, implications)
     work = Path(work_dir) if work_dir else Path(runs_dir) / f"sft-{corpus.id[:12]}-{key}"
     work.mkdir(parents=True, exist_ok=True)
     (work / "recipe.json").write_text(json.dumps({"run_key": key, "corpus_id": corpus.id, "base_model":
                                                   str(base_model), "recipe": recipe.key()}, indent=2) + "\n")
-    split = write_splits(corpus, work / "splits", qa, recipe.eval_fraction, recipe.seed)
-    train_ids = {json.loads(line)["id"] for line in (work / "splits" / "train.jsonl").read_text().splitlines()}
-    train_qa = [p for p in qa if p.id in train_ids]
-
-    if _done(out_dir, key):
-        return json.loads((out_dir / MANIFEST).read_text())["metrics"]
-    if out_dir.exists() and not overwrite:
-        raise SFTError(f"{out_dir} already exists (from another run); pass overwrite/--overwrite to replace it")
-
-    extra = {"run_key": key, "corpus_id": corpus.id}
     t0 = time.perf_counter()
-    metrics: dict = {"run_key": key, "corpus_id": corpus.id, "work_dir": str(work), "split": split}
-    start_model = base_model
+    stage1 = base_model
+    m1 = None
     if not recipe.skip_memorize:
-        s1 = work / "stage1"
-        if _done(s1 / "model", key):
-            m1 = json.loads((s1 / "metrics.json").read_text()) | {"skipped": True}
-        else:
-            rows = [{"text": t} for t in memorize_texts(corpus, implications)]
-            m1 = train_stage("memorize", base_model, rows, recipe, s1, s1 / "model", recipe.epochs_memorize,
-                             recipe.lr_memorize, recipe.max_steps_memorize, packing=True, manifest_extra=extra,
-                             progress=progress)
-        metrics["memorize"] = m1
-        start_model = s1 / "model"
-    s2 = work / "stage2"
-    tmp_final = work / "stage2-model"  # trained here, then published to out_dir with the full manifest
-    if _done(tmp_final, key):
-        m2 = json.loads((s2 / "metrics.json").read_text()) | {"skipped": True}
-    else:
-        m2 = train_stage("qa", start_model, qa_examples(train_qa), recipe, s2, tmp_final, recipe.epochs_qa,
-                         recipe.lr_qa, recipe.max_steps_qa, packing=False, manifest_extra=extra,
-                         progress=progress)
-    metrics["qa"] = m2
-    metrics["wall_s"] = round(time.perf_counter() - t0, 3)
-
-    stage = staging_dir(out_dir)
-    try:
-        for p in tmp_final.iterdir():
-            if p.name != MANIFEST:
-                shutil.copy2(p, stage / p.name)
-        write_manifest(stage, source="past-sft", base_model=str(base_model), run_key=key, corpus_id=corpus.id,
-                       recipe=recipe.key(), metrics=metrics)
-        publish_dir(stage, out_dir, replace=overwrite or out_dir.exists())
-    except BaseException:
-        shutil.rmtree(stage, ignore_errors=True)
-        raise
+        r1 = run_memorize(corpus_path, base_model, recipe, work, implications, progress=progress)
+        stage1, m1 = r1["model"], r1["metrics"]
+    r2 = run_qa(corpus_path, stage1, base_model, recipe, work, out_dir, qa=qa, overwrite=overwrite,
+                progress=progress)
+    metrics = r2["metrics"]
+    if m1 is not None and m1.get("skipped"):  # report this call's view: stage 1 was not redone
+        metrics = metrics | {"memorize": m1}
+    metrics.setdefault("wall_s", round(time.perf_counter() - t0, 3))
     return metrics
 
 
