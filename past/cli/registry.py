@@ -126,6 +126,8 @@ def run_history(args: argparse.Namespace) -> int:
 
 
 def run_ui(args: argparse.Namespace) -> int:
+    import os
+    import signal
     import subprocess
     import sys
 
@@ -137,10 +139,22 @@ def run_ui(args: argparse.Namespace) -> int:
     cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", s.mlflow_uri,
            "--default-artifact-root", art.as_uri(), "--host", "127.0.0.1", "--port", str(args.port)]
     print(f"MLflow UI on http://127.0.0.1:{args.port} (store {s.mlflow_uri}); Ctrl-C to stop")
-    proc = subprocess.Popen(cmd)
+    # Own process group, torn down whole on Ctrl-C or SIGTERM: `mlflow ui` runs uvicorn as a child.
+    proc = subprocess.Popen(cmd, start_new_session=True)
+
+    def _stop(*_: object) -> None:
+        raise KeyboardInterrupt
+
+    old = signal.signal(signal.SIGTERM, _stop)
     try:
         return proc.wait()
     except KeyboardInterrupt:
-        proc.terminate()
-        proc.wait(timeout=20)
         return 0
+    finally:
+        signal.signal(signal.SIGTERM, old)
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            try:
+                os.killpg(proc.pid, sig)
+                proc.wait(timeout=15)
+            except (ProcessLookupError, subprocess.TimeoutExpired):
+                pass
