@@ -128,3 +128,30 @@ def test_no_qa_is_a_clear_error(tiny_model_dir: Path, tmp_path: Path) -> None:
     with pytest.raises(SFTError, match="no QA pairs"):
         run_sft(c, tmp_path / "o", tiny_model_dir, SFTRecipe(), runs_dir=tmp_path / "runs")
     assert not (tmp_path / "o").exists()
+
+
+def test_packed_documents_do_not_attend_across(tiny_model_dir: Path) -> None:
+    """Stage 1 packs documents (TRL bfd, padding-free: position_ids restart per document, no attention mask).
+    With SDPA on CPU, transformers turns restarting position_ids into a block-diagonal mask when no cache is
+    used - TRL's compute_loss passes use_cache=False - so a document never attends to its block neighbour."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randint(0, 1000, (1, 7), generator=g), torch.randint(0, 1000, (1, 5), generator=g)
+    pos = torch.cat([torch.arange(7), torch.arange(5)])[None]
+    with torch.no_grad():
+        packed = model(input_ids=torch.cat([a, b], 1), position_ids=pos, use_cache=False).logits[0, 7:]
+        alone = model(input_ids=b, use_cache=False).logits[0]
+    assert torch.allclose(packed, alone, atol=1e-4)
+
+
+def test_memorize_texts_adds_implications() -> None:
+    from past.sft import memorize_texts
+
+    c = load_corpus(FACTS)
+    plain = memorize_texts(c)
+    assert len(plain) == 10 and plain[0].startswith("# ")
+    more = memorize_texts(c, {c.documents[0].id: ["Fact one.", "Fact two."]})
+    assert len(more) == 11 and more[1] == f"{c.documents[0].title}\n\nFact one.\nFact two."
