@@ -155,3 +155,25 @@ def test_memorize_texts_adds_implications() -> None:
     assert len(plain) == 10 and plain[0].startswith("# ")
     more = memorize_texts(c, {c.documents[0].id: ["Fact one.", "Fact two."]})
     assert len(more) == 11 and more[1] == f"{c.documents[0].title}\n\nFact one.\nFact two."
+
+
+def test_stage_entry_points_with_external_qa(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """The per-stage API the Prefect tasks call, on a corpus without qa.jsonl plus QA from a file."""
+    import shutil
+
+    from past.corpus import read_qa_jsonl
+    from past.sft import run_memorize, run_qa
+
+    corpus = tmp_path / "docs-only"
+    shutil.copytree(FACTS, corpus, ignore=shutil.ignore_patterns("qa.jsonl"))
+    qa = read_qa_jsonl(FACTS / "qa.jsonl")
+    recipe = SFTRecipe(max_steps_memorize=2, max_steps_qa=2, batch_size=4, max_length=128)
+    r1 = run_memorize(corpus, tiny_model_dir, recipe, tmp_path / "work", progress=False)
+    assert verify_model_dir(r1["model"]) == [] and r1["metrics"]["steps"] == 2
+    assert run_memorize(corpus, tiny_model_dir, recipe, tmp_path / "work", progress=False)["metrics"]["skipped"]
+    r2 = run_qa(corpus, r1["model"], tiny_model_dir, recipe, tmp_path / "work", tmp_path / "out", qa=qa,
+                progress=False)
+    rows = [json.loads(x) for x in Path(r2["eval_split"]).read_text().splitlines()]
+    assert len(rows) == 6 and {r["corpus_id"] for r in rows} == {load_corpus(corpus).id}
+    assert r2["metrics"]["memorize"]["steps"] == 2 and r2["metrics"]["qa"]["steps"] == 2
+    assert verify_model_dir(tmp_path / "out") == []
