@@ -7,7 +7,6 @@ test runs last because it tears the shared server down."""
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import os
 import shutil
