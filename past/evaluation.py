@@ -385,14 +385,27 @@ class GateReport:
                 "timings": self.timings, "items": self.table_rows()}
 
     def write(self, out_dir: str | Path) -> Path:
-        """gate-report.json (decision, timings, every item), written atomically."""
+        """gate-report.json (decision, timings, every item, and the raw results to `read` it back), atomically."""
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         path = out / "gate-report.json"
         tmp = path.with_suffix(f".tmp{os.getpid()}")
-        tmp.write_text(json.dumps(self.to_dict(), indent=2))
+        raw = {"eval_items": [dataclasses.asdict(i) for i in self.items],
+               "candidate": [dataclasses.asdict(r) for r in self.candidate],
+               "champion": None if self.champion is None else [dataclasses.asdict(r) for r in self.champion]}
+        tmp.write_text(json.dumps(self.to_dict() | {"raw": raw}, indent=2))
         os.replace(tmp, path)
         return path
+
+    @classmethod
+    def read(cls, path: str | Path) -> "GateReport":
+        """The report `write` produced (e.g. handed from the gate task to the promotion task)."""
+        d = json.loads(Path(path).read_text())
+        dec = {k: v for k, v in d["decision"].items() if k != "reason"}
+        raw = d["raw"]
+        return cls(GateDecision(**dec), [ItemResult(**r) for r in raw["candidate"]],
+                   None if raw["champion"] is None else [ItemResult(**r) for r in raw["champion"]],
+                   [EvalItem(**i) for i in raw["eval_items"]], d.get("timings", {}))
 
 
 def _cache_path(settings, champion_version: str, eval_hash: str) -> Path:
