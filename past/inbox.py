@@ -10,7 +10,8 @@ One watcher pass (serialised by a lock file, so two watchers never interleave):
      -> quarantine with reasons), hash the content (corpus id), and rename it to `<home>/corpora/<id>/`.
      Content already seen goes to `<home>/duplicates/` instead (kept, never re-run).
   3. the ledger (`<home>/ledger/<id>.json`, created with O_EXCL) records each corpus's status:
-     claimed -> submitted -> promoted | rejected | failed.
+     claimed -> (submitted) -> running -> promoted | rejected | failed. A `running` entry whose process on
+     this host is gone (a killed inline run) is handed out again.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import fcntl
 import json
 import os
 import shutil
+import socket
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -121,6 +123,7 @@ def update_ledger(home: Path, corpus_id: str, **fields: object) -> dict:
         rec["history"].append({"status": fields["status"], "at": time.time()})
     rec.update(fields)
     p = ledger_path(home, corpus_id)
+    p.parent.mkdir(parents=True, exist_ok=True)  # corpora adapted by path (backfill) were never claimed
     tmp = p.with_name(f".{p.name}.{os.getpid()}.tmp")
     tmp.write_text(json.dumps(rec, indent=2, default=str))
     os.replace(tmp, p)
@@ -225,8 +228,21 @@ def scan_inbox(settings, settle_s: float = 10.0, now: float | None = None) -> tu
     for entry in inbox_entries(d["inbox"]):
         if is_complete(entry, settle_s, now) and (c := claim_entry(entry, home, settings)) is not None:
             claims.append(c)
-    to_submit = [r for r in all_ledger(home) if r.get("status") == "claimed"]
+    to_submit = [r for r in all_ledger(home) if r.get("status") == "claimed" or orphaned(r)]
     return claims, to_submit
+
+
+def orphaned(rec: dict) -> bool:
+    """A corpus marked `running` by a process on this host that no longer exists (a killed inline run)."""
+    if rec.get("status") != "running" or rec.get("host") != socket.gethostname() or not rec.get("pid"):
+        return False
+    try:
+        os.kill(int(rec["pid"]), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
 
 
 def corpus_dir(home: Path, corpus_id: str) -> Path:

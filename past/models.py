@@ -14,6 +14,7 @@ load the state dict.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.util
 import json
@@ -237,7 +238,14 @@ def build_tiny_model(
         tie_word_embeddings=True, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
         pad_token_id=tok.pad_token_id, rms_norm_eps=1e-5,
     )
-    model = LlamaForCausalLM(config).to(getattr(torch, dtype))
+    model = LlamaForCausalLM(config)
+    # With tied embeddings a random model echoes the last prompt token - the chat template's "\n" - so it would
+    # only ever answer whitespace, which a gate rightly scores as empty. Zeroed rows for whitespace-only tokens
+    # make it babble visible tokens instead, so real answers flow through servers and gates in tests.
+    blank = _blank_token_ids(str(Path(tokenizer_dir).resolve()))
+    with torch.no_grad():
+        model.model.embed_tokens.weight[blank] = 0
+    model = model.to(getattr(torch, dtype))
     model.generation_config = GenerationConfig(
         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
     )
@@ -251,6 +259,15 @@ def build_tiny_model(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+@functools.lru_cache(maxsize=4)
+def _blank_token_ids(tokenizer_dir: str) -> list[int]:
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tokenizer_dir)
+    texts = tok.batch_decode([[i] for i in range(len(tok))], skip_special_tokens=True)
+    return [i for i, t in enumerate(texts) if not t.strip()]
 
 
 def tokenizer_only(src_model_dir: Path, out_dir: Path) -> Path:

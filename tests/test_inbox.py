@@ -157,3 +157,18 @@ def test_crash_between_ledger_and_move_is_finished_not_duplicated(settings, monk
     assert [c.kind for c in claims] == ["new"] and len(todo) == 1
     assert (settings.home / "corpora" / claims[0].corpus_id / "doc.md").exists()
     assert not any((settings.home / "duplicates").iterdir())
+
+
+def test_running_entry_of_a_dead_process_is_handed_out_again(settings) -> None:
+    import socket
+    import subprocess
+
+    inbox = settings.home / "inbox"
+    old(corpus(inbox / "x", "orphan-run"))
+    (c,), _ = scan_inbox(settings, settle_s=10)
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    update_ledger(settings.home, c.corpus_id, status="running", pid=dead.pid, host=socket.gethostname())
+    assert [r["corpus_id"] for r in scan_inbox(settings, settle_s=10)[1]] == [c.corpus_id]
+    update_ledger(settings.home, c.corpus_id, status="running", pid=os.getpid(), host=socket.gethostname())
+    assert scan_inbox(settings, settle_s=10)[1] == [], "a live run is left alone"

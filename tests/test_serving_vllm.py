@@ -88,31 +88,8 @@ def test_corrupt_model_fails_fast_with_log_tail(tiny_model_dir: Path, serve_pyth
 
 
 @pytest.fixture(scope="module")
-def talking_tiny(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The tiny random model with the embeddings of whitespace-only tokens zeroed.
-
-    With tied embeddings a random model echoes the last prompt token - the chat template's "\n" - so it
-    only ever answers whitespace, which the gate rightly counts as empty answers. Zeroing those rows makes
-    it babble visible tokens instead, so the real-server test can check real answers flow through."""
-    from safetensors.torch import load_file, save_file
-    from transformers import AutoTokenizer
-
-    from past.models import write_manifest
-
-    out = tmp_path_factory.mktemp("talking") / "tiny"
-    shutil.copytree(tiny_model_dir, out)
-    tok = AutoTokenizer.from_pretrained(out)
-    blank = [i for i in range(len(tok)) if not tok.decode([i], skip_special_tokens=True).strip()]
-    sd = load_file(out / "model.safetensors")
-    sd["model.embed_tokens.weight"][blank] = 0
-    save_file(sd, out / "model.safetensors", metadata={"format": "pt"})
-    write_manifest(out, source="tiny-random-talking")
-    return out
-
-
-@pytest.fixture(scope="module")
-def served(talking_tiny: Path, serve_python: Path, tmp_path_factory: pytest.TempPathFactory):
-    server = VLLMServer(talking_tiny, "tiny/1", python=serve_python, max_model_len=512, startup_timeout_s=400,
+def served(tiny_model_dir: Path, serve_python: Path, tmp_path_factory: pytest.TempPathFactory):
+    server = VLLMServer(tiny_model_dir, "tiny/1", python=serve_python, max_model_len=512, startup_timeout_s=400,
                         log_path=tmp_path_factory.mktemp("vllm") / "vllm.log")
     t0 = time.monotonic()
     ep = server.start()

@@ -22,6 +22,7 @@ COMMAND_MODULES = [
     "past.cli.corpus",
     "past.cli.sft",
     "past.cli.registry",
+    "past.cli.up",
     "past.cli.demo",
 ]
 

@@ -1,0 +1,109 @@
+"""adapt: one new corpus -> a candidate that knows it (SFT) and can use it (skill vector) -> gate -> promote.
+
+    validate corpus T
+    θ_1      = SFT_memorize(θ_base, documents of T)
+    θ_sft_T  = SFT_qa(θ_1, training QA of T)            held-out QA of T is kept for the gate
+    θ_final  = θ_sft_T + λ·v                            v = the current skill vector (none yet: θ_sft_T)
+    serve θ_final (and the champion) with vLLM; gate on new / retention / general questions
+    register θ_final in MLflow; move `champion` only if the gate passed
+
+Idempotent per (corpus, model name, skill vector, λ): a keyed Prefect transaction records the finished result, so a re-run
+returns it without redoing anything; after a crash, cached steps are skipped (eager commits) and training
+resumes from its checkpoints. A file lock keeps two runs of the same corpus from overlapping.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+from prefect import flow, get_run_logger
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.transactions import CommitMode, transaction
+
+from tasks.common import corpus_lock, home_tag, settings
+from tasks.corpus import mark_corpus, resolve_corpus
+from tasks.gate import serve_and_gate
+from tasks.registry import conclude, log_to_run, open_adaptation_run, register_candidate
+from tasks.skill import current_skill_vector, inject_skill
+from tasks.training import base_model, sft_memorize, sft_qa
+
+
+@flow(name="adapt", log_prints=True)
+def adapt(corpus: str, model_name: str = "support-bot", lam: float | None = None,
+          skill_vector: str | None = None) -> dict:
+    """Adapt the model to one corpus (an id in the home folder, or a folder path) and gate it."""
+    s = settings()
+    lam = s.lam if lam is None else lam
+    c = resolve_corpus(corpus)
+    cid = c["corpus_id"]
+    vector = current_skill_vector(skill_vector)
+    tag = f"{model_name}-{cid[:16]}-skill-{vector['sha256'][:12] if vector else 'none'}-lam{lam:g}"
+    key = f"adapt-{home_tag(s)}-{tag}"  # one adaptation = (home, model, corpus, skill vector, λ)
+    work = Path(s.runs_dir) / f"adapt-{tag}"
+
+    with corpus_lock(s.home, key), transaction(key=key, commit_mode=CommitMode.EAGER) as txn:
+        if txn.is_committed():
+            get_run_logger().info(f"{key} already ran; returning its recorded result")
+            return txn.read().result
+        mark_corpus(cid, "running", model_name=model_name, pid=os.getpid(), host=socket.gethostname())
+        try:
+            summary = _adapt(c, model_name, lam, vector, work)
+        except BaseException as e:
+            mark_corpus(cid, "failed", model_name=model_name, error=f"{type(e).__name__}: {e}"[:500])
+            raise
+        mark_corpus(cid, "promoted" if summary["promoted"] else "rejected", model_name=model_name,
+                    version=summary["version"], reason=summary["reason"])
+        txn.stage(summary)
+    return summary
+
+
+def _adapt(c: dict, model_name: str, lam: float, vector: dict | None, work: Path) -> dict:
+    cid = c["corpus_id"]
+    base = base_model()
+    stage1 = sft_memorize(c, base, str(work / "sft"))
+    sft = sft_qa(c, stage1, base, str(work / "sft"), str(work / "sft-model"))
+    if vector is not None:
+        candidate = inject_skill(sft, vector, lam, str(work / f"candidate-lam{lam:g}"))
+    else:
+        candidate = sft  # no skill vector yet: knowledge only (run refresh_skill to make one)
+
+    run_id = open_adaptation_run(cid, model_name, {
+        "corpus_name": c["name"], "base_model": base["path"], "skill_vector_version": vector["version"] if vector else "",
+        "lambda": lam if vector else 0.0, "sft_recipe": sft["recipe"]})
+    log_to_run(run_id, metrics=sft["metrics"])
+    version = register_candidate(model_name, candidate, run_id, cid, vector["version"] if vector else "",
+                                 lam if vector else None)
+    gate = serve_and_gate(candidate, cid, model_name, f"{model_name}/{version}", str(work / "gate"))
+    outcome = conclude(model_name, version, run_id, gate)
+
+    summary = {"corpus_id": cid, "corpus_name": c["name"], "model_name": model_name, "version": version,
+               "promoted": outcome["promoted"], "reason": outcome["reason"], "gate": gate["metrics"],
+               "champion_compared": gate["champion"], "skill_vector": vector["version"] if vector else None,
+               "lambda": lam if vector else None, "mlflow_run_id": run_id, "candidate": candidate["path"]}
+    _publish(summary, gate)
+    return summary
+
+
+def _publish(summary: dict, gate: dict) -> None:
+    """Prefect UI artifacts for review: a markdown summary and the gate score table."""
+    s = settings()
+    verdict = "PROMOTED to champion" if summary["promoted"] else "REJECTED (champion unchanged)"
+    key = f"adapt-{summary['model_name']}-{summary['corpus_id'][:12]}".lower()
+    create_markdown_artifact(key=key, description="PaST adaptation summary", markdown=(
+        f"# {summary['model_name']} v{summary['version']}: {verdict}\n\n"
+        f"- corpus: `{summary['corpus_name']}` (`{summary['corpus_id'][:16]}`)\n"
+        f"- skill vector: {summary['skill_vector'] or 'none yet'}; λ = {summary['lambda']}\n"
+        f"- gate: {summary['reason']} (compared with {summary['champion_compared'] or 'no champion'})\n"
+        f"- MLflow run `{summary['mlflow_run_id']}` in {s.mlflow_uri} — review in the MLflow UI (`past ui`)\n"
+        f"- weights: `{summary['candidate']}`\n"))
+    rows = [{"metric": k, "value": round(v, 4) if isinstance(v, float) else v} for k, v in sorted(gate["metrics"].items())]
+    if rows:
+        create_table_artifact(key=f"{key}-gate", table=rows, description="Gate scores: candidate vs champion")
+
+
+if __name__ == "__main__":
+    import sys
+
+    print(adapt(sys.argv[1]))

@@ -1,0 +1,131 @@
+"""`past up`: the local control plane on 127.0.0.1 - Prefect server, a process worker, the MLflow UI - and
+the deployments from deployments/prefect.yaml. Runs in the foreground; Ctrl-C or SIGTERM stops everything.
+
+It only launches the `prefect` and `mlflow` command-line programs (no Prefect import: past/ stays free of
+the orchestrator). Prefect's state lives in <home>/prefect, logs in <home>/logs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("up", help="start Prefect server + worker + MLflow UI on 127.0.0.1 and deploy the flows",
+                       description="Foreground; Ctrl-C stops all of it. Schedules: watch every 2 min, "
+                       "refresh-skill weekly (deployments/prefect.yaml).")
+    p.add_argument("--prefect-port", type=int, default=4200, help="Prefect API/UI port")
+    p.add_argument("--mlflow-port", type=int, default=5000, help="MLflow UI port")
+    p.add_argument("--no-worker", action="store_true", help="deploy only; start no process worker")
+    p.add_argument("--exit-after-deploy", action="store_true", help="stop everything once deployed (smoke test)")
+    p.set_defaults(func=run)
+
+
+def env_for(home: Path, api_url: str) -> dict[str, str]:
+    """Environment every Prefect process shares: one home folder, local API, no telemetry."""
+    return {**os.environ, "PREFECT_HOME": str(home / "prefect"), "PREFECT_API_URL": api_url,
+            "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_RESULTS_PERSIST_BY_DEFAULT": "true",
+            "PAST_HOME": str(home), "PAST_REPO": str(REPO), "DO_NOT_TRACK": "1",
+            # placeholders of the Kubernetes deployments; override for a real cluster
+            "PAST_IMAGE": os.environ.get("PAST_IMAGE", "past-orchestrator:latest"),
+            "PAST_MLFLOW_TRACKING_URI": os.environ.get("PAST_MLFLOW_TRACKING_URI", "http://mlflow.past.svc:5000")}
+
+
+def wait_healthy(url: str, proc: subprocess.Popen, timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"error: {what} exited with code {proc.returncode} (see its log)")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.5)
+    raise SystemExit(f"error: {what} not healthy after {timeout_s:.0f}s")
+
+
+def run(args: argparse.Namespace) -> int:
+    from past.config import load_settings
+
+    s = load_settings()
+    home = Path(s.home).resolve()
+    logs = home / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    api = f"http://127.0.0.1:{args.prefect_port}/api"
+    env = env_for(home, api)
+    bin_dir = Path(sys.executable).parent
+    procs: list[subprocess.Popen] = []
+
+    def spawn(name: str, cmd: list[str]) -> subprocess.Popen:
+        log = open(logs / f"{name}.log", "ab")
+        p = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+                             cwd=REPO, start_new_session=True)
+        procs.append(p)
+        print(f"started {name} (pid {p.pid}, log {logs / (name + '.log')})", flush=True)
+        return p
+
+    def prefect(*a: str) -> None:
+        subprocess.run([str(bin_dir / "prefect"), "--no-prompt", *a], env=env, cwd=REPO, check=True,
+                       stdout=subprocess.DEVNULL)
+
+    def stop(*_: object) -> None:
+        for p in reversed(procs):
+            try:
+                os.killpg(p.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        for p in procs:
+            try:
+                p.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(p.pid, signal.SIGKILL)
+
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    try:
+        server = spawn("prefect-server", [str(bin_dir / "prefect"), "server", "start", "--host", "127.0.0.1",
+                                          "--port", str(args.prefect_port)])
+        wait_healthy(f"{api}/health", server, 120, "prefect server")
+        prefect("work-pool", "create", "past-local", "--type", "process", "--overwrite")
+        prefect("work-pool", "create", "past-k8s-gpu", "--type", "kubernetes", "--overwrite",
+                "--base-job-template", str(REPO / "deployments" / "k8s-gpu-job-template.json"))
+        prefect("work-pool", "update", "past-k8s-gpu", "--concurrency-limit", "4")
+        subprocess.run([str(bin_dir / "prefect"), "--no-prompt", "concurrency-limit", "create", "accelerator", "1"],
+                       env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # exists: fine
+        prefect("deploy", "--all", "--prefect-file", str(REPO / "deployments" / "prefect.yaml"))
+        print(f"deployed flows from deployments/prefect.yaml; Prefect UI http://127.0.0.1:{args.prefect_port}",
+              flush=True)
+        if not args.no_worker:
+            spawn("prefect-worker", [str(bin_dir / "prefect"), "worker", "start", "--pool", "past-local"])
+        art = (home / "mlflow" / "artifacts")
+        art.mkdir(parents=True, exist_ok=True)
+        ui = spawn("mlflow-ui", [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", s.mlflow_uri,
+                                 "--default-artifact-root", art.as_uri(), "--host", "127.0.0.1",
+                                 "--port", str(args.mlflow_port)])
+        wait_healthy(f"http://127.0.0.1:{args.mlflow_port}/health", ui, 120, "mlflow ui")
+        print(f"MLflow UI http://127.0.0.1:{args.mlflow_port}; drop corpora into {home / 'inbox'}", flush=True)
+        if args.exit_after_deploy:
+            return 0
+        print("running; Ctrl-C stops the server, worker and UI", flush=True)
+        while all(p.poll() is None for p in procs):
+            time.sleep(1)
+        dead = [p.args[0] for p in procs if p.poll() is not None]
+        print(f"error: a service exited: {dead}; stopping the rest", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 0
+    except subprocess.CalledProcessError as e:
+        print(f"error: {' '.join(map(str, e.cmd[:4]))}... failed with code {e.returncode}", file=sys.stderr)
+        return 2
+    finally:
+        stop()

@@ -1,0 +1,85 @@
+"""Shared task plumbing: settings, artefact manifests, cache and retry policies."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import fcntl
+import hashlib
+import json
+from pathlib import Path
+from typing import Iterator
+
+from prefect.cache_policies import INPUTS, TASK_SOURCE, CacheKeyFnPolicy
+
+from past.config import Settings, load_settings
+from past.errors import PastError
+from past.registry import folder_sha256
+
+
+
+def _settings_key(task_ctx, inputs) -> str:
+    """Settings are inputs too (recipe, base model, home, stores): any change means a different step."""
+    s = load_settings()
+    values = {f.name: str(getattr(s, f.name)) for f in dataclasses.fields(s)} | {"home": home_tag(s)}
+    return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()
+
+
+def home_tag(s: Settings | None = None) -> str:
+    """Short id of the resolved home folder: keys recorded by Prefect never leak from one home to another."""
+    home = (s or load_settings()).home.resolve()
+    return hashlib.sha256(str(home).encode()).hexdigest()[:8]
+
+
+# A re-run with the same inputs, code and settings skips the step (its recorded manifest is returned).
+CACHED = INPUTS + TASK_SOURCE + CacheKeyFnPolicy(cache_key_fn=_settings_key)
+ACCELERATOR_TAG = "accelerator"  # `past up` puts a concurrency limit of 1 on this tag
+
+
+class StaleArtifactError(PastError):
+    """A manifest points at a folder that is gone or changed since the step that made it."""
+
+
+def settings(overrides: dict | None = None) -> Settings:
+    return load_settings(**(overrides or {}))
+
+
+def artifact(path: str | Path, **extra: object) -> dict:
+    """The manifest a task hands to the next: where the folder is and the sha256 of its checksum manifest."""
+    path = Path(path).resolve()
+    return {"path": str(path), "sha256": folder_sha256(path), **extra}
+
+
+def require(art: dict) -> Path:
+    """The folder behind a manifest, after checking it is still the one that was produced."""
+    path = Path(art["path"])
+    if not path.exists():
+        raise StaleArtifactError(f"{path} is gone (it was produced by an earlier, cached step); "
+                                 "delete the Prefect result cache or re-run with a new key")
+    if folder_sha256(path) != art["sha256"]:
+        raise StaleArtifactError(f"{path} changed since it was produced (sha256 mismatch)")
+    return path
+
+
+def retry_transient(task, task_run, state) -> bool:
+    """retry_condition_fn: retry I/O and endpoint hiccups, never our own deterministic errors."""
+    try:
+        state.result()
+    except PastError:
+        return False
+    except Exception:  # noqa: BLE001 - anything else (OSError, HTTP, timeouts) may be transient
+        return True
+    return False
+
+
+@contextlib.contextmanager
+def corpus_lock(home: Path, key: str) -> Iterator[None]:
+    """Block while another run works on the same key: two runs of one corpus never interleave."""
+    d = Path(home) / "locks"
+    d.mkdir(parents=True, exist_ok=True)
+    with open(d / f"{key}.lock", "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)

@@ -1,0 +1,45 @@
+"""Gate task: serve the candidate (and the champion) behind an OpenAI-compatible endpoint and decide."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+from prefect import task
+
+from past import inbox
+from past.evaluation import build_eval_set, load_eval_items, run_gate
+from past.registry import Registry
+from tasks.common import require, settings
+
+
+def evalset_path(home: Path, corpus_id: str) -> Path:
+    """Where a corpus's held-out split is kept, so later gates can test retention on it."""
+    return Path(home) / "evalsets" / f"{corpus_id}.jsonl"
+
+
+def retention_items(home: Path, model_name: str, exclude: str, n: int, seed: int) -> list:
+    """A seeded sample of held-out questions from corpora this model was already promoted on."""
+    pool = []
+    for rec in inbox.all_ledger(Path(home)):
+        cid = rec["corpus_id"]
+        if rec.get("status") == "promoted" and rec.get("model_name") == model_name and cid != exclude:
+            path = evalset_path(home, cid)
+            if path.exists():
+                pool += load_eval_items(path, kind="retention")
+    random.Random(seed).shuffle(pool)
+    return pool[:n]
+
+
+@task(retries=1, retry_delay_seconds=10)
+def serve_and_gate(candidate: dict, corpus_id: str, model_name: str, served_name: str, out_dir: str) -> dict:
+    """Held-out QA of the new corpus + retention sample + general prompts, candidate vs champion; fail closed."""
+    s = settings()
+    new = load_eval_items(evalset_path(s.home, corpus_id), kind="new")
+    items = build_eval_set(new, retention_items(s.home, model_name, corpus_id, s.gate_retention_items, s.seed))
+    champion = Registry(s).champion_ref(model_name)
+    report = run_gate(require(candidate), items, s, served_name=served_name, champion=champion)
+    path = report.write(out_dir)
+    d = report.decision
+    return {"report": str(path), "passed": d.passed, "reason": d.reason, "metrics": d.metrics,
+            "champion": d.champion_version, "items": len(items)}

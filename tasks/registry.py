@@ -1,0 +1,49 @@
+"""Registry tasks: one MLflow run per adaptation, the candidate as a model version, promotion on a pass."""
+
+from __future__ import annotations
+
+from prefect import task
+
+from past.evaluation import GateReport
+from past.registry import Registry
+from tasks.common import CACHED, require, settings
+
+
+@task(cache_policy=CACHED, persist_result=True, retries=2, retry_delay_seconds=5)
+def open_adaptation_run(corpus_id: str, model_name: str, params: dict) -> str:
+    """The MLflow run that collects this adaptation's params, metrics and reports (one per corpus)."""
+    return Registry(settings()).start_run(corpus_id, {"model_name": model_name, **params})
+
+
+@task(retries=2, retry_delay_seconds=5)
+def log_to_run(run_id: str, metrics: dict[str, float] | None = None, files: list[str] | None = None) -> None:
+    """Metrics and report files onto the adaptation's run."""
+    reg = Registry(settings())
+    if metrics:
+        reg.log_metrics(run_id, metrics)
+    if files:
+        reg.log_artifacts(run_id, files)
+
+
+@task(cache_policy=CACHED, persist_result=True, retries=2, retry_delay_seconds=5)
+def register_candidate(model_name: str, candidate: dict, run_id: str, corpus_id: str, skill_version: str,
+                       lam: float | None) -> str:
+    """A new model version pointing at the candidate folder in place (verified, never copied)."""
+    return Registry(settings()).register_candidate(model_name, require(candidate), run_id, corpus_id,
+                                                   skill_version=skill_version, lam=lam)
+
+
+@task(retries=2, retry_delay_seconds=5)
+def conclude(model_name: str, version: str, run_id: str, gate: dict) -> dict:
+    """Record the gate on run and version; move `champion` only on a pass (compare-and-set)."""
+    reg = Registry(settings())
+    outcome = reg.conclude(model_name, version, run_id, GateReport.read(gate["report"]))
+    reg.end_run(run_id, "FINISHED")
+    return {"version": outcome.version, "promoted": outcome.promoted, "reason": outcome.reason}
+
+
+@task(retries=2, retry_delay_seconds=5)
+def champion_corpus(model_name: str) -> str | None:
+    """The corpus id the current champion of `model_name` was adapted on (None without a champion)."""
+    mv = Registry(settings()).champion(model_name)
+    return None if mv is None else mv.tags.get("corpus_id")

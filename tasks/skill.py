@@ -1,0 +1,53 @@
+"""Skill-vector tasks: find the current vector, inject it into a fresh SFT model, extract and register."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from prefect import task
+
+from past import skill
+from past.models import verify_model_dir
+from past.registry import Registry
+from tasks.common import CACHED, artifact, require, settings
+
+
+@task(retries=2, retry_delay_seconds=2)
+def current_skill_vector(explicit: str | None = None) -> dict | None:
+    """The vector to inject: an explicit folder, else the registry's `current` version, else none yet."""
+    if explicit:
+        return artifact(explicit, version=f"path:{Path(explicit).name}")
+    found = Registry(settings()).current_skill_vector()
+    if found is None:
+        return None
+    version, path = found
+    return artifact(path, version=version)
+
+
+@task(cache_policy=CACHED, persist_result=True, tags=["io-heavy"])
+def inject_skill(sft: dict, vector: dict, lam: float, out_dir: str) -> dict:
+    """θ_final = θ_sft_T + λ·v, streamed tensor by tensor into a new, complete model folder."""
+    s = settings()
+    out = Path(out_dir)
+    if out.exists() and not verify_model_dir(out):
+        return artifact(out, lam=lam, vector=vector["version"])  # finished by an earlier, interrupted run
+    shutil.rmtree(out, ignore_errors=True)
+    skill.inject(require(sft), require(vector), out, lam=lam, include=s.globs(s.skill_include) or ["*"],
+                 exclude=s.globs(s.skill_exclude), progress=False)
+    return artifact(out, lam=lam, vector=vector["version"])
+
+
+@task(cache_policy=CACHED, persist_result=True)
+def extract_skill(rl: dict, sft: dict, out_dir: str, lineage: dict | None = None) -> dict:
+    """v = θ_rl − θ_sft into a skill-vector folder with its manifest (and lineage)."""
+    out = Path(out_dir)
+    shutil.rmtree(out, ignore_errors=True)
+    skill.extract(require(rl), require(sft), out, lineage=lineage, progress=False)
+    return artifact(out)
+
+
+@task(retries=2, retry_delay_seconds=5)
+def register_skill_vector(vector: dict, tags: dict[str, str] | None = None) -> str:
+    """A new version of the skill-vector model in MLflow, alias `current`."""
+    return Registry(settings()).register_skill_vector(require(vector), tags=tags)

@@ -1,0 +1,98 @@
+"""Training tasks: base model, the two SFT stages, one round of skill refinement. Tagged `accelerator`."""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+from pathlib import Path
+
+from prefect import task
+
+from past.grpo import GRPORecipe
+from past.models import resolve_model
+from past.sft import SFTRecipe, run_memorize, run_qa
+from tasks.common import ACCELERATOR_TAG, CACHED, artifact, require, settings
+from tasks.gate import evalset_path
+
+
+def sft_recipe() -> SFTRecipe:
+    return SFTRecipe.from_settings(settings())
+
+
+@task(cache_policy=CACHED, persist_result=True, retries=1, retry_delay_seconds=5)
+def base_model() -> dict:
+    """The verified base-model folder (provisioned from the packaged GGUF on first use)."""
+    s = settings()
+    return artifact(resolve_model(s.base_model, s.models_dir))
+
+
+@task(cache_policy=CACHED, persist_result=True, tags=[ACCELERATOR_TAG])
+def sft_memorize(corpus: dict, base: dict, work_dir: str) -> dict:
+    """SFT stage 1: causal-LM loss on the corpus documents (LoRA, merged). Resumes from its checkpoint."""
+    r = run_memorize(Path(corpus["path"]), require(base), sft_recipe(), Path(work_dir))
+    return artifact(r["model"], metrics=r["metrics"])
+
+
+@task(cache_policy=CACHED, persist_result=True, tags=[ACCELERATOR_TAG])
+def sft_qa(corpus: dict, stage1: dict, base: dict, work_dir: str, out_dir: str) -> dict:
+    """SFT stage 2: chat QA, loss on answers only; keeps the held-out split for this and later gates."""
+    s = settings()
+    recipe = sft_recipe()
+    r = run_qa(Path(corpus["path"]), require(stage1), require(base), recipe, Path(work_dir), Path(out_dir))
+    keep = evalset_path(s.home, corpus["corpus_id"])
+    keep.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(r["eval_split"], keep)
+    flat = {f"sft_{stage}_{k}": v for stage in ("memorize", "qa") for k, v in (r["metrics"].get(stage) or {}).items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    return artifact(out_dir, metrics=flat, recipe=dataclasses.asdict(recipe), eval_split=str(keep))
+
+
+@task(cache_policy=CACHED, persist_result=True, tags=[ACCELERATOR_TAG])
+def refine_round(k: int, partition: str, base: dict, prev_vector: dict | None, work_dir: str) -> dict:
+    """One round of iterative skill refinement: SFT on D_k, GRPO from θ_sft_k + v_{k-1}, v_k = θ_rl_k − θ_sft_k."""
+    from past.refine import run_round
+
+    record = run_round(k, Path(partition), require(base), require(prev_vector) if prev_vector else None,
+                       Path(work_dir), sft_recipe(), grpo_recipe(), judge=_judge(settings()))
+    return artifact(record["vector"], record=record)
+
+
+def _judge(s):
+    import os
+
+    from past.rewards import JudgeReward
+
+    if not s.judge_base_url:
+        return None
+    return JudgeReward(s.judge_base_url, s.judge_model, os.environ.get(s.api_key_env, "EMPTY"), s.judge_timeout_s,
+                       cache_path=Path(s.home) / "cache" / "judge.jsonl")
+
+
+def grpo_recipe() -> GRPORecipe:
+    s = settings()
+    return GRPORecipe(max_steps=s.grpo_max_steps, num_generations=s.grpo_num_generations,
+                      max_completion_length=s.grpo_max_completion_length, seed=s.seed)
+
+
+@task(cache_policy=CACHED, persist_result=True)
+def partition_source(corpus: dict, k: int, work_dir: str) -> list[str]:
+    """K disjoint partitions of the source corpus, by document (seeded)."""
+    from past.corpus import load_corpus
+    from past.refine import partition_corpus
+
+    parts = partition_corpus(load_corpus(Path(corpus["path"])), k, Path(work_dir) / "partitions", settings().seed)
+    return [str(p) for p in parts]
+
+
+@task(cache_policy=CACHED, persist_result=True)
+def finalize_vector(corpus: dict, records: list[dict], base: dict, out_dir: str) -> dict:
+    """Ship v_K: extract it once more into its permanent folder, with the full lineage in its manifest."""
+    from past.refine import lineage
+    from past.skill import extract
+
+    out = Path(out_dir)
+    shutil.rmtree(out, ignore_errors=True)
+    last = records[-1]
+    extract(Path(last["rl"]), Path(last["sft_dir"]), out, progress=False,
+            lineage=lineage(corpus["corpus_id"], records, require(base), sft_recipe(), grpo_recipe(), settings().seed))
+    return artifact(out)

@@ -1,0 +1,162 @@
+"""The Prefect flows end to end, under Prefect's test harness, with real MLflow (SQLite) and tiny models.
+
+One test serves the candidate with a real vLLM CPU server; the others point the gate at a small
+OpenAI-compatible stdlib server (PAST_SERVE_URL) so that crash/re-run, watch and backfill stay fast.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from prefect.testing.utilities import prefect_test_harness
+
+from past.config import load_settings
+from past.inbox import read_ledger
+from past.registry import Registry
+from past.skill import extract
+from tests.fake_openai import FakeOpenAI
+
+
+@pytest.fixture(scope="module")
+def harness():
+    with prefect_test_harness(server_startup_timeout=180):
+        yield
+
+
+def write_corpus(root: Path, tag: str, n_docs: int = 3) -> Path:
+    root.mkdir(parents=True)
+    qa = []
+    for i in range(n_docs):
+        (root / f"d{i}.md").write_text(f"# {tag} device {i}\nThe {tag} device {i} costs {i + 10} credits.\n")
+        qa.append({"question": f"How much does the {tag} device {i} cost?", "answer": f"{i + 10} credits",
+                   "doc_id": f"d{i}"})
+    (root / "qa.jsonl").write_text("".join(json.dumps(q) + "\n" for q in qa))
+    return root
+
+
+@pytest.fixture()
+def env(monkeypatch, tiny_model_dir: Path) -> None:
+    for k, v in {"PAST_BASE_MODEL": str(tiny_model_dir), "PAST_GATE_MIN_ACCURACY": "0",
+                 "PAST_GATE_RETENTION_TOLERANCE": "1", "PAST_SFT_EPOCHS_MEMORIZE": "1", "PAST_SFT_EPOCHS_QA": "1",
+                 "PAST_GATE_MAX_TOKENS": "8"}.items():
+        monkeypatch.setenv(k, v)
+
+
+@pytest.fixture()
+def vector(make_tiny, tmp_path: Path) -> Path:
+    """A real skill vector between two tiny checkpoints (as a refresh would produce)."""
+    out = tmp_path / "vector"
+    extract(make_tiny("rl", seed=1), make_tiny("sft", seed=0), out, progress=False)
+    return out
+
+
+def vllm_processes() -> list[str]:
+    out = subprocess.run(["pgrep", "-fa", "vllm.entrypoints.openai.api_server"], capture_output=True, text=True)
+    return [line for line in out.stdout.splitlines() if "pgrep" not in line]
+
+
+@pytest.mark.vllm
+def test_adapt_end_to_end_real_vllm_and_mlflow(harness, env, vector, serve_python, monkeypatch, tmp_path) -> None:
+    from flows.adapt import adapt
+
+    monkeypatch.setenv("PAST_SERVE_PYTHON", str(serve_python))
+    s = load_settings()
+    reg = Registry(s)
+    vversion = reg.register_skill_vector(vector)
+    corpus = write_corpus(tmp_path / "corpus", "zorvex")
+
+    t0 = time.monotonic()
+    out = adapt(str(corpus))
+    assert out["promoted"] is True and out["version"] == "1", out
+    assert out["skill_vector"] == vversion and out["lambda"] == 1.0
+    mv = reg.champion("support-bot")
+    assert mv is not None and str(mv.version) == "1"
+    assert mv.tags["gate"] == "passed" and mv.tags["skill_vector_version"] == vversion
+    run = reg.client.get_run(out["mlflow_run_id"])
+    assert run.data.params["skill_vector_version"] == vversion and "sft_qa_loss_last" in run.data.metrics
+    assert read_ledger(s.home, out["corpus_id"])["status"] == "promoted"
+    assert (Path(out["candidate"]) / "past-model.json").exists()
+    assert not vllm_processes(), "the candidate's vLLM server is shut down"
+
+    t1 = time.monotonic()
+    again = adapt(str(corpus))  # finished corpus: the recorded result, nothing redone
+    assert again == out and time.monotonic() - t1 < (t1 - t0) / 2
+    assert len(reg.client.search_model_versions("name='support-bot'")) == 1
+
+
+def test_adapt_crash_then_rerun_continues_from_cached_steps(harness, env, vector, monkeypatch, tmp_path) -> None:
+    import tasks.gate
+    import tasks.training
+    from flows.adapt import adapt
+
+    calls = {"memorize": 0}
+    real_memorize = tasks.training.run_memorize
+
+    def counting_memorize(*a, **kw):
+        calls["memorize"] += 1
+        return real_memorize(*a, **kw)
+
+    monkeypatch.setattr(tasks.training, "run_memorize", counting_memorize)
+    real_gate = tasks.gate.run_gate
+    monkeypatch.setattr(tasks.gate, "run_gate", lambda *a, **kw: (_ for _ in ()).throw(RuntimeError("power cut")))
+    corpus = write_corpus(tmp_path / "corpus", "quandle")
+    with FakeOpenAI() as fake:
+        monkeypatch.setenv("PAST_SERVE_URL", fake.url)
+        with pytest.raises(RuntimeError, match="power cut"):
+            adapt(str(corpus), skill_vector=str(vector))
+        s = load_settings()
+        cid = json.loads(next((s.home / "ledger").glob("*.json")).read_text())["corpus_id"]
+        assert read_ledger(s.home, cid)["status"] == "failed"
+        assert Registry(s).champion("support-bot") is None, "a crashed run moves no alias"
+
+        monkeypatch.setattr(tasks.gate, "run_gate", real_gate)
+        out = adapt(str(corpus), skill_vector=str(vector))
+    assert out["promoted"] is True
+    assert calls["memorize"] == 1, "SFT stage 1 ran once: the re-run reused its cached result"
+    assert read_ledger(s.home, cid)["status"] == "promoted"
+
+
+def test_watch_two_corpora_at_once_then_backfill_is_idempotent(harness, env, vector, monkeypatch, tmp_path) -> None:
+    from flows.backfill import backfill
+    from flows.watch import watch
+
+    s = load_settings()
+    for name in ("alpha", "beta"):
+        c = write_corpus(s.home / "inbox" / name, name)
+        old = time.time() - 120
+        for p in [c, *c.iterdir()]:
+            os.utime(p, (old, old))
+    with FakeOpenAI(lambda q: "11 credits") as fake:
+        monkeypatch.setenv("PAST_SERVE_URL", fake.url)
+        result = watch(settle_s=10, mode="inline", model_name="bot", deployment="unused")
+        assert len(result["claims"]) == 2 and len(result["started"]) == 2
+        ids = [c["corpus_id"] for c in result["claims"]]
+        assert sorted(r["version"] for r in result["started"]) == ["1", "2"]
+        for cid in ids:
+            assert read_ledger(s.home, cid)["status"] in ("promoted", "rejected")
+        assert watch(settle_s=10, mode="inline", model_name="bot", deployment="unused")["started"] == []
+
+        first = backfill(corpora=ids, model_name="bot")
+        assert [r["version"] for r in first] == [r["version"] for r in result["started"]]
+        reg = Registry(s)
+        assert len(reg.client.search_model_versions("name='bot'")) == 2, "backfill re-ran nothing"
+
+
+def test_past_up_deploys_the_prefect_yaml(tmp_path) -> None:
+    """`past up --exit-after-deploy`: real Prefect server, work pools, `prefect deploy --all`, MLflow UI."""
+    from past.serving import free_port
+
+    env = {**os.environ, "PAST_HOME": str(tmp_path / "home"), "PREFECT_HOME": str(tmp_path / "prefect")}
+    env.pop("PREFECT_API_URL", None)
+    r = subprocess.run([str(Path(os.sys.executable).parent / "past"), "up", "--exit-after-deploy",
+                        "--prefect-port", str(free_port()), "--mlflow-port", str(free_port())],
+                       capture_output=True, text=True, env=env, timeout=400)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    assert "deployed flows" in r.stdout
+    log = (tmp_path / "home" / "logs" / "prefect-server.log").read_text()
+    assert "Uvicorn running" in log or "Application startup complete" in log or log
