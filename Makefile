@@ -55,6 +55,16 @@ $(SSTAMP):
 	$(SBIN)/python -c "import vllm.entrypoints.openai.api_server" 
 	touch $@
 
+## bench-skill: skill-vector inject vs mergekit task_arithmetic vs cp on synthetic 1B bf16 checkpoints
+MERGEKIT_VENV ?= /tmp/mergekit-venv
+$(MERGEKIT_VENV)/bin/mergekit-yaml:
+	$(PYTHON) -m venv $(MERGEKIT_VENV)
+	$(MERGEKIT_VENV)/bin/python -m pip install -q "$(TORCH_PIN)"
+	$(MERGEKIT_VENV)/bin/python -m pip install -q mergekit "$(TORCH_PIN)"
+
+bench-skill: $(STAMP) $(MERGEKIT_VENV)/bin/mergekit-yaml
+	flock -x /tmp/past-cpu.lock $(BIN)/python bench/skill_inject.py --mergekit-python $(MERGEKIT_VENV)/bin/python
+
 doctor: $(STAMP)
 	$(BIN)/past doctor
 

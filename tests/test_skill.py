@@ -37,12 +37,21 @@ def nothing_left(out: Path) -> bool:
     return not out.exists() and not list(out.parent.glob(f".tmp-{out.name}-*"))
 
 
+@pytest.fixture(scope="module")
+def _trio(tmp_path_factory: pytest.TempPathFactory, tokenizer_dir: Path) -> dict[str, Path]:
+    from past.models import build_tiny_model
+
+    root = tmp_path_factory.mktemp("trio")
+    sft = build_tiny_model(root / "sft", tokenizer_dir, seed=0)
+    rl = perturbed(sft, root / "rl")
+    return {"sft": sft, "rl": rl, "vec": _extract(rl, sft, root / "vec")}
+
+
 @pytest.fixture()
-def trio(make_tiny, tmp_path: Path) -> dict[str, Path]:
-    """θ_sft_S, θ_rl_S = θ_sft_S + δ, and the vector v between them."""
-    sft = make_tiny("sft", seed=0)
-    rl = perturbed(sft, tmp_path / "rl")
-    return {"sft": sft, "rl": rl, "vec": _extract(rl, sft, tmp_path / "vec")}
+def trio(_trio: dict[str, Path], tmp_path: Path) -> dict[str, Path]:
+    """θ_sft_S, θ_rl_S = θ_sft_S + δ, and the vector v between them (built once; the vector is copied per
+    test because some tests corrupt it; treat the models as read-only)."""
+    return _trio | {"vec": Path(shutil.copytree(_trio["vec"], tmp_path / "vec"))}
 
 
 def _extract(rl: Path, sft: Path, out: Path, **kw) -> Path:
@@ -80,7 +89,7 @@ def test_manifest_fields(trio):
 def test_lineage_argument_is_recorded(trio, tmp_path):
     lineage = {"source_corpus_ids": ["c1", "c2"], "partitions": [[0, 1], [2, 3]], "rounds": 2,
                "reward_summary": {"mean": 0.4}}
-    v = _extract(trio["rl"], trio["sft"], tmp_path / "v2", lineage=lineage)
+    v = _extract(trio["rl"], trio["sft"], tmp_path / "v2", lineage=lineage, dtype="float16")
     assert json.loads((v / MANIFEST).read_text())["lineage"] == lineage
 
 
