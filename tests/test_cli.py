@@ -19,7 +19,7 @@ def past(*args: str, env: dict | None = None, timeout: int = 300) -> subprocess.
 def test_help_lists_commands() -> None:
     r = past("--help")
     assert r.returncode == 0
-    for cmd in ("doctor", "config", "model", "demo"):
+    for cmd in ("doctor", "config", "model", "smoke", "skill", "corpus", "sft", "gate", "up"):
         assert cmd in r.stdout
 
 
@@ -66,9 +66,9 @@ def test_model_tiny_and_verify(tmp_path: Path) -> None:
 
 
 @pytest.mark.vllm
-def test_demo_serving_path_on_tiny_model(tmp_path: Path, tiny_model_dir: Path, serve_python: Path) -> None:
-    """`past demo` end to end through a real vLLM CPU server (tiny model: the answer is noise, but real)."""
-    r = past("demo", "--question", "Hello?", env={"PAST_BASE_MODEL": str(tiny_model_dir),
+def test_smoke_serving_path_on_tiny_model(tmp_path: Path, tiny_model_dir: Path, serve_python: Path) -> None:
+    """`past smoke` end to end through a real vLLM CPU server (tiny model: the answer is noise, but real)."""
+    r = past("smoke", "--question", "Hello?", env={"PAST_BASE_MODEL": str(tiny_model_dir),
                                                   "PAST_SERVE_PYTHON": str(serve_python)}, timeout=600)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "A: " in r.stdout and "server stopped" in r.stdout

@@ -23,7 +23,7 @@ COMMAND_MODULES = [
     "past.cli.sft",
     "past.cli.registry",
     "past.cli.up",
-    "past.cli.demo",
+    "past.cli.smoke",
 ]
 
 

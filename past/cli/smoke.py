@@ -1,8 +1,6 @@
-"""`past demo`: the main job on embedded defaults.
-
-For now (until the flows land) it proves the serving path end to end: provision the base model, start
-vLLM's OpenAI-compatible server on it, ask one chat question through the `openai` client, print the
-answer, shut the server down.
+"""`past smoke`: prove the serving path end to end in a minute: provision the base model, start vLLM's
+OpenAI-compatible server on it, ask one chat question through the `openai` client, print the answer, and
+shut the server down. (The full story - refresh, watch, adapt, gate, promote - is `make demo`.)
 """
 
 from __future__ import annotations
@@ -12,7 +10,7 @@ import time
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("demo", help="end-to-end demo on embedded defaults (base model -> vLLM -> answer)")
+    p = sub.add_parser("smoke", help="serving smoke test: base model -> vLLM -> one answer -> shut down")
     p.add_argument("--question", default="In one sentence, what is a knowledge base used for in customer support?",
                    help="question to ask the served model")
     p.set_defaults(func=run)

@@ -1,0 +1,73 @@
+"""Demo tasks: make fictional support-bot domains, and drop a corpus into the inbox as a producer would."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+from prefect import task
+
+from past.inbox import READY_MARKER
+from past.registry import Registry
+from past.synthetic import make_domains, write_corpus
+from tasks.common import settings
+
+
+@task(persist_result=True)
+def make_demo_corpora(seed: int, n_source: int, n_target: int) -> dict:
+    """A source domain (for the skill refresh) and a target domain (the new knowledge), no shared entities."""
+    root = Path(settings().home) / "demo" / f"seed{seed}"
+    source, target = make_domains(seed, n_source=n_source, n_target=n_target)
+    paths = {}
+    for name, domain in (("source", source), ("target", target)):
+        path = root / name
+        if not path.exists():
+            tmp = root / f".tmp-{name}-{os.getpid()}"
+            shutil.rmtree(tmp, ignore_errors=True)
+            write_corpus(domain, tmp, rewrites=3)
+            os.replace(tmp, path)
+        paths[name] = str(path)
+    return paths
+
+
+@task
+def drop_into_inbox(corpus_dir: str, name: str) -> str:
+    """Copy a corpus into the inbox the way producers should: hidden temp name, rename, `.ready` marker."""
+    inbox = Path(settings().home) / "inbox"
+    inbox.mkdir(parents=True, exist_ok=True)
+    tmp, final = inbox / f".{name}.uploading", inbox / name
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(corpus_dir, tmp)
+    (tmp / READY_MARKER).touch()
+    os.replace(tmp, final)
+    return str(final)
+
+
+@task
+def summarize_demo(skill: dict, watched: dict, timings: dict, model_name: str) -> str:
+    """The closing summary: skill vector, adaptation verdicts, the champion's gate scores, where to look."""
+    s = settings()
+    reg = Registry(s)
+    lines = ["", "=" * 78, "PaST demo summary", "=" * 78,
+             f"skill vector: version {skill['skill_vector_version']} at {skill['path']}"]
+    for i, (first, last) in enumerate(skill["reward_first_last"], 1):
+        lines.append(f"  round {i}: GRPO mean reward {first[0] if first else float('nan'):.3f} -> "
+                     f"{last[0] if last else float('nan'):.3f}")
+    for run in watched["started"]:
+        lines.append(f"adapted corpus {run['corpus_id'][:12]} -> {model_name} v{run['version']}: "
+                     f"{'PROMOTED' if run['promoted'] else 'rejected'}")
+    if not watched["started"]:
+        lines.append("no new corpus this time (the target corpus was adapted before: duplicate content)")
+    mv = reg.champion(model_name)
+    latest = max(reg.client.search_model_versions(f"name='{model_name}'"), key=lambda v: int(v.version), default=None)
+    if latest is not None and latest.run_id:
+        m = reg.client.get_run(latest.run_id).data.metrics
+        lines.append(f"gate of v{latest.version}: {latest.tags.get('gate', '?')} - {latest.tags.get('gate_reason', '')}")
+        lines += [f"  {k:<36} {m[k]:.3f}" for k in sorted(m)
+                  if k.startswith(("candidate_", "champion_")) and k.endswith(("_accuracy", "_f1"))]
+    lines.append(f"champion: {model_name} v{mv.version}" if mv is not None else "champion: none yet")
+    lines += [f"wall time: refresh {timings['refresh']:.0f}s, adapt {timings['adapt']:.0f}s, total {timings['total']:.0f}s",
+              f"MLflow (runs, versions, gate tables): `.venv/bin/past ui` -> http://127.0.0.1:5000  [{s.mlflow_uri}]",
+              "Prefect (flow runs, artifacts): `.venv/bin/past up` -> http://127.0.0.1:4200", "=" * 78]
+    return "\n".join(lines)
