@@ -7,8 +7,8 @@ rounded once into the output dtype.
 A skill-vector folder holds safetensors shards (`skill*.safetensors`) and `skill.json`: format version,
 architecture fingerprint of the source models (config essentials + every tensor's name, shape, dtype),
 storage dtype, sha256 and size per shard, per-tensor L2 norms, and lineage fields that the refresh flow fills
-(source corpus ids, partitions, rounds, reward summary). Tensors that are identical in both models, non-float
-tensors, and (for LoRA sources) untouched modules are simply absent: inject copies those from the target.
+(source corpus ids, partitions, rounds, reward summary). Non-float tensors and (for LoRA sources) modules
+the adapter does not touch are absent from the vector: inject copies those from the target.
 
 Bad input raises `SkillError` (semantics) or `TensorIOError` (files) naming the tensor or file, and nothing
 is left at the destination: outputs are written into a staging folder that is renamed only when complete.
