@@ -30,7 +30,7 @@ from tasks.skill import current_skill_vector, inject_skill
 from tasks.training import base_model, sft_memorize, sft_qa
 
 
-@flow(name="adapt", log_prints=True)
+@flow(name="adapt")
 def adapt(corpus: str, model_name: str = "support-bot", lam: float | None = None,
           skill_vector: str | None = None) -> dict:
     """Adapt the model to one corpus (an id in the home folder, or a folder path) and gate it."""

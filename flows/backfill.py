@@ -15,7 +15,7 @@ def _ts(value: str | None) -> float | None:
     return None if not value else datetime.fromisoformat(value).timestamp()
 
 
-@flow(name="backfill", log_prints=True)
+@flow(name="backfill")
 def backfill(corpora: list[str] | None = None, since: str | None = None, until: str | None = None,
              model_name: str = "support-bot") -> list[dict]:
     """Corpus ids/paths, or an ISO date range [since, until) of arrival times; runs adapt for each, in order."""

@@ -28,7 +28,7 @@ from flows.watch import watch  # noqa: E402
 from tasks.demo import drop_into_inbox, make_demo_corpora, summarize_demo  # noqa: E402
 
 
-@flow(name="demo", log_prints=True)
+@flow(name="demo")
 def demo(seed: int = 0, n_source: int = 8, n_target: int = 6, model_name: str = "support-bot") -> dict:
     """Refresh a skill vector on a source domain, then let the watcher adapt the model to a new corpus."""
     t0 = time.monotonic()

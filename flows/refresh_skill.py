@@ -24,7 +24,7 @@ from tasks.skill import register_skill_vector
 from tasks.training import base_model, finalize_vector, partition_source, refine_round
 
 
-@flow(name="refresh-skill", log_prints=True)
+@flow(name="refresh-skill")
 def refresh_skill(source: str, rounds: int | None = None, regate_model: str | None = None) -> dict:
     """Iterative skill refinement on `source` (corpus id or folder); registers the new skill vector."""
     s = settings()

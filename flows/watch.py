@@ -17,7 +17,7 @@ from tasks.corpus import claim_new_corpora, mark_corpus
 from tasks.dispatch import submit_adapt
 
 
-@flow(name="watch", log_prints=True)
+@flow(name="watch")
 def watch(settle_s: float = 10.0, model_name: str = "support-bot", mode: str = "deployment",
           deployment: str = "adapt/adapt") -> dict:
     """One inbox pass. mode: `deployment` (run_deployment, returns at once) or `inline` (adapt runs here)."""
