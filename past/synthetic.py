@@ -95,6 +95,11 @@ def _names(rng: random.Random, n: int, taken: set[str]) -> list[str]:
 
 def make_domain(name: str, n_products: int, rng: random.Random, taken: set[str]) -> Domain:
     products = {p: {a: spec[0](rng) for a, spec in ATTRIBUTES.items()} for p in _names(rng, n_products, taken)}
+    return domain_from_products(name, products)
+
+
+def domain_from_products(name: str, products: dict[str, dict[str, str]]) -> Domain:
+    """A domain (documents, rewrites, all four QA kinds) over the given products and their attribute values."""
     d = Domain(name=name, products=products)
     q: dict[str, list[dict]] = {"train": [], "paraphrase": [], "doc_only": [], "two_fact": []}
     for p, attrs in products.items():
@@ -120,6 +125,18 @@ def make_domains(seed: int = 0, n_source: int = 12, n_target: int = 10) -> tuple
     """A source and a target domain with disjoint product names."""
     rng, taken = random.Random(seed), set()
     return make_domain("source", n_source, rng, taken), make_domain("target", n_target, rng, taken)
+
+
+def split_domain(domain: Domain, n_first: int, names: tuple[str, str] = ("dev-source", "dev-target")) -> tuple[Domain, Domain]:
+    """Cut one domain's products into two disjoint domains (the first `n_first` products, then the rest).
+
+    The method benchmark tunes its settings on a source domain split this way, so no target-domain
+    question is ever looked at while choosing them.
+    """
+    items = list(domain.products.items())
+    if not 0 < n_first < len(items):
+        raise ValueError(f"cannot split {len(items)} products of domain {domain.name!r} at {n_first}")
+    return domain_from_products(names[0], dict(items[:n_first])), domain_from_products(names[1], dict(items[n_first:]))
 
 
 def write_corpus(domain: Domain, dest: Path, rewrites: int = 3, qa_kinds: tuple[str, ...] = ("train",)) -> Path:

@@ -33,3 +33,15 @@ def test_written_corpus_is_valid_with_rewrites(tmp_path: Path) -> None:
     assert all(d.text.count(d.title) >= 4 for d in c.documents), "article + 3 rewrites name the product"
     held = write_heldout(s, tmp_path / "heldout.jsonl", corpus_id=c.id)
     assert len(held.read_text().splitlines()) == sum(len(s.qa[k]) for k in ("paraphrase", "doc_only", "two_fact"))
+
+
+def test_split_domain_gives_disjoint_domains_with_all_qa_kinds() -> None:
+    from past.synthetic import split_domain
+
+    s, _ = make_domains(seed=0, n_source=9)
+    a, b = split_domain(s, 6)
+    assert len(a.products) == 6 and len(b.products) == 3 and not set(a.products) & set(b.products)
+    assert {p: s.products[p] for p in b.products} == b.products
+    assert all(len(b.qa[k]) > 0 for k in ("train", "paraphrase", "doc_only", "two_fact"))
+    assert all(r["id"].startswith("dev-target-") for r in b.qa["paraphrase"])
+    assert make_domains(seed=0, n_source=9)[0].qa == s.qa, "make_domain output unchanged by the refactor"
