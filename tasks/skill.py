@@ -47,7 +47,7 @@ def extract_skill(rl: dict, sft: dict, out_dir: str, lineage: dict | None = None
     return artifact(out)
 
 
-@task(retries=2, retry_delay_seconds=5)
+@task(cache_policy=CACHED, persist_result=True, retries=2, retry_delay_seconds=5)
 def register_skill_vector(vector: dict, tags: dict[str, str] | None = None) -> str:
-    """A new version of the skill-vector model in MLflow, alias `current`."""
+    """A new version of the skill-vector model in MLflow, alias `current` (the same vector registers once)."""
     return Registry(settings()).register_skill_vector(require(vector), tags=tags)
