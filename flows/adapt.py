@@ -7,9 +7,9 @@
     serve θ_final (and the champion) with vLLM; gate on new / retention / general questions
     register θ_final in MLflow; move `champion` only if the gate passed
 
-Idempotent per (corpus, model name, skill vector, λ): a keyed Prefect transaction records the finished result, so a re-run
-returns it without redoing anything; after a crash, cached steps are skipped (eager commits) and training
-resumes from its checkpoints. A file lock keeps two runs of the same corpus from overlapping.
+Idempotent per (corpus, model name, skill vector, λ): a keyed Prefect transaction records the finished
+result, so a re-run returns it without redoing anything; after a crash, cached steps are skipped (eager
+commits) and training resumes from its checkpoints. A file lock keeps two runs of one key from overlapping.
 """
 
 from __future__ import annotations

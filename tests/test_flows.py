@@ -160,3 +160,23 @@ def test_past_up_deploys_the_prefect_yaml(tmp_path) -> None:
     assert "deployed flows" in r.stdout
     log = (tmp_path / "home" / "logs" / "prefect-server.log").read_text()
     assert "Uvicorn running" in log or "Application startup complete" in log or log
+
+
+def test_refresh_skill_flow_registers_current_vector_with_lineage(harness, env, monkeypatch, tmp_path) -> None:
+    from flows.refresh_skill import refresh_skill
+    from past.skill import read_vector
+
+    for k, v in {"PAST_GRPO_MAX_STEPS": "2", "PAST_GRPO_NUM_GENERATIONS": "2",
+                 "PAST_GRPO_MAX_COMPLETION_LENGTH": "6"}.items():
+        monkeypatch.setenv(k, v)
+    source = write_corpus(tmp_path / "source", "brivex", n_docs=4)
+    out = refresh_skill(str(source), rounds=2)
+    assert out["rounds"] == 2 and len(out["reward_first_last"]) == 2
+    reg = Registry(load_settings())
+    version, path = reg.current_skill_vector()
+    assert version == out["skill_vector_version"] and path == Path(out["path"])
+    manifest, _ = read_vector(path)
+    assert manifest["lineage"]["rounds"] == 2 and len(manifest["lineage"]["partitions"]) == 2
+    again = refresh_skill(str(source), rounds=2)  # cached: nothing retrained, nothing registered twice
+    assert again["path"] == out["path"] and again["skill_vector_version"] == out["skill_vector_version"]
+    assert len(reg.client.search_model_versions("name='past-skill-vector'")) == 1
