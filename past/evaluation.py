@@ -8,7 +8,7 @@ The eval set has three kinds of items, all scored the same way:
 Requests go through `openai.AsyncOpenAI` with bounded concurrency, our own retries with exponential
 backoff (the client's are turned off so the policy is visible here), a per-request timeout and greedy
 decoding. Each answer gets exact match / token-F1 / contains, plus a yes/no judge verdict when a judge
-endpoint is configured. An item is *correct* when the judge says yes or, without a judge, when token-F1 ≥ 0.5
+endpoint is configured (past.judge: the same judge, prompt and verdict cache as the GRPO reward). An item is *correct* when the judge says yes or, without a judge, when token-F1 ≥ 0.5
 or the reference is contained in the answer.
 
 The gate fails CLOSED: a server that does not start, dies mid-eval, times out or answers garbage beyond
@@ -31,17 +31,11 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from past.errors import PastError
+from past.judge import Judge, judge_from_settings  # noqa: F401 - the gate's judge
 from past.scoring import score_all
 
 KINDS = ("new", "retention", "general")
 PROMPT_VERSION = 1  # bump when the request format changes: it is part of the eval-set hash
-JUDGE_PROMPT = (
-    "You are grading an answer to a question.\n"
-    "Question: {question}\nReference answer: {reference}\nProposed answer: {answer}\n"
-    "Is the proposed answer correct given the reference? Reply with exactly one word: yes or no."
-)
-
-
 class EvalSetError(PastError, ValueError):
     """An eval-set file that cannot be used (names the file, line and field)."""
 
@@ -140,44 +134,6 @@ class ItemResult:
     correct: bool = False
     latency_s: float = 0.0
     attempts: int = 0
-
-
-class Judge:
-    """Yes/no judge at an OpenAI-compatible endpoint; verdicts cached per (question, answer, reference)."""
-
-    def __init__(self, base_url: str, model: str, api_key: str = "EMPTY", timeout_s: float = 30.0) -> None:
-        from openai import AsyncOpenAI
-
-        self.model = model
-        self.client = AsyncOpenAI(base_url=base_url, api_key=api_key, timeout=timeout_s, max_retries=1)
-        self.cache: dict[tuple[str, str, str], bool] = {}
-
-    async def verdict(self, question: str, answer: str, reference: str) -> bool | None:
-        """True/False, or None when the judge failed or said neither yes nor no."""
-        k = (question, answer, reference)
-        if k in self.cache:
-            return self.cache[k]
-        try:
-            r = await self.client.chat.completions.create(
-                model=self.model, max_tokens=3, temperature=0.0,
-                messages=[{"role": "user", "content": JUDGE_PROMPT.format(
-                    question=question, reference=reference, answer=answer)}],
-            )
-            words = (r.choices[0].message.content or "").strip().lower().split()
-        except Exception:  # noqa: BLE001 - any judge failure is a missing verdict, counted as an error
-            return None
-        first = words[0].strip(".,!") if words else ""
-        if first not in ("yes", "no"):
-            return None
-        self.cache[k] = first == "yes"
-        return self.cache[k]
-
-
-def judge_from_settings(settings) -> Judge | None:
-    if not settings.judge_base_url:
-        return None
-    return Judge(settings.judge_base_url, settings.judge_model,
-                 os.environ.get(settings.api_key_env, "EMPTY"), settings.judge_timeout_s)
 
 
 # --- asking an endpoint ---------------------------------------------------------------------------------

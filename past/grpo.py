@@ -56,7 +56,7 @@ class GRPOResult:
     reward_curve: list[float]  # mean total reward per logged step
     reward_std_curve: list[float]
     per_reward_curves: dict[str, list[float]]
-    judge: dict[str, float]
+    judge: dict[str, Any]  # JudgeReward.stats() + the per-step fallback fraction; {} without a judge
     wall_s: float
     resumed_from_step: int
 
@@ -110,6 +110,11 @@ def train_grpo(
     bad = [i for i, q in enumerate(qa) if not str(q.get("question", "")).strip() or not str(q.get("answer", "")).strip()]
     if bad:
         raise GRPOError(f"QA items {bad[:5]} have an empty question or answer")
+    if recipe.num_generations < 2 or recipe.prompts_per_step < 1 or recipe.max_steps < 1 \
+            or recipe.max_completion_length < 1:
+        raise GRPOError(f"bad GRPO shape: num_generations {recipe.num_generations} (≥ 2: GRPO compares a group), "
+                        f"prompts_per_step {recipe.prompts_per_step}, max_steps {recipe.max_steps}, "
+                        f"max_completion_length {recipe.max_completion_length} (each ≥ 1)")
     unknown = [r for r in recipe.rewards if r not in RULE_REWARDS]
     if unknown or len(recipe.reward_weights) != len(recipe.rewards):
         raise GRPOError(f"bad rewards {recipe.rewards} / weights {recipe.reward_weights} (known: {list(RULE_REWARDS)})")
@@ -163,10 +168,10 @@ def train_grpo(
     logs = [h for h in trainer.state.log_history if "reward" in h]
     per_reward = {name: [h.get(f"rewards/{name}/mean", float("nan")) for h in logs]
                   for name in [getattr(f, "__name__", str(f)) for f in reward_funcs]}
-    judge_stats = {}
-    if judge is not None:
-        judge_stats = {"calls": float(getattr(judge, "calls", 0)), "fallbacks": float(getattr(judge, "fallbacks", 0)),
-                       "disabled": float(getattr(judge, "disabled", False))}
+    # samples judged, fallbacks to token-F1, HTTP calls, cache hits, breaker state (past.rewards.JudgeReward)
+    judge_stats: dict[str, Any] = judge.stats() if judge is not None and hasattr(judge, "stats") else {}
+    if judge is not None:  # what the reward reported through TRL's log_metric, per logged step
+        judge_stats["fallback_frac_curve"] = [h.get("judge/fallback_frac", float("nan")) for h in logs]
 
     result = GRPOResult(
         model_dir=out_dir, steps=trainer.state.global_step,

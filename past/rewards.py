@@ -4,30 +4,22 @@ Rule rewards (exact match, token-F1, format) need nothing but the reference answ
 workhorse: on a small model exact match is almost always 0 across a whole group, and a group whose
 completions all get the same reward gives GRPO zero gradient - partial credit keeps the signal alive.
 
-The LLM-judge reward asks any OpenAI-compatible endpoint the paper's yes/no question ("is the answer correct
-given the reference?"), caches each verdict per (question, reference, answer), retries with backoff, and,
-when the judge is dead or slow, falls back to token-F1 for that sample. After `max_consecutive_failures`
-it stops calling the judge for the rest of the run (a dead judge must not cost a timeout per sample).
-Fallbacks are counted and reported through TRL's `log_metric` hook, so they show up in the run's metrics.
+The LLM-judge reward asks the shared yes/no judge (past.judge: the gate's prompt, parser, cache and client
+with timeout and retries) and, when the judge is dead or slow, falls back to token-F1 for that sample. After
+`max_consecutive_failures` it stops calling the judge for the rest of the run (a dead judge must not cost a
+timeout per sample). Fallbacks are counted and reported through TRL's `log_metric` hook, so they show up in
+the run's metrics, and in `GRPOResult.judge`.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import threading
-import time
-from dataclasses import dataclass, field
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from past.judge import Judge, judge_from_settings
 from past.scoring import exact_match, normalize, token_f1
-
-JUDGE_PROMPT = (
-    "You are grading an answer to a question.\n"
-    "Question: {question}\nReference answer: {reference}\nGiven answer: {answer}\n"
-    "Is the given answer correct given the reference answer? Reply with exactly one word: yes or no."
-)
 
 
 def completion_text(completion: Any) -> str:
@@ -69,90 +61,67 @@ def format_reward(completions: list, answer: list[str], max_words: int = 24, **_
     return out
 
 
-@dataclass
 class JudgeReward:
-    """Yes/no LLM judge through an OpenAI-compatible endpoint, with cache, retries and rule fallback."""
+    """GRPO reward from the yes/no judge (past.judge): 1 for yes, 0 for no, token-F1 when it gives no verdict.
 
-    base_url: str
-    model: str
-    api_key: str = "EMPTY"
-    timeout_s: float = 30.0
-    retries: int = 2
-    max_consecutive_failures: int = 3
-    cache_path: Path | None = None
-    prompt: str = JUDGE_PROMPT
-    __name__: str = "judge_reward"  # TRL names reward columns after the function
+    Fallback policy (a reward must never crash or stall a run): the judge retries transport failures itself;
+    a sample still without a verdict gets token-F1 and is counted; after `max_consecutive_failures` verdicts
+    in a row fail, the judge is not asked again for the rest of the run (cached verdicts are still used).
+    Each call reports `judge/fallback_frac` and `judge/disabled` through TRL's `log_metric`.
+    """
 
-    calls: int = 0
-    fallbacks: int = 0
-    _consecutive_failures: int = 0
-    _cache: dict[str, bool] = field(default_factory=dict)
-    _lock: threading.Lock = field(default_factory=threading.Lock)
+    __name__ = "judge_reward"  # TRL names reward columns after the function
 
-    def __post_init__(self) -> None:
-        from openai import OpenAI
-
-        self._client = OpenAI(base_url=self.base_url, api_key=self.api_key, timeout=self.timeout_s, max_retries=0)
-        if self.cache_path and self.cache_path.exists():
-            for line in self.cache_path.read_text().splitlines():
-                rec = json.loads(line)
-                self._cache[rec["key"]] = rec["verdict"]
+    def __init__(self, base_url: str, model: str, api_key: str = "EMPTY", timeout_s: float = 30.0,
+                 retries: int = 2, max_consecutive_failures: int = 3, cache_path: str | Path | None = None,
+                 backoff_s: float = 0.5, concurrency: int = 8, judge: Judge | None = None) -> None:
+        self.judge = judge or Judge(base_url, model, api_key, timeout_s, retries, backoff_s, cache_path)
+        self.max_consecutive_failures, self.concurrency = max_consecutive_failures, max(1, concurrency)
+        self.samples = self.fallbacks = 0
+        self._consecutive_failures = 0
+        self._lock = threading.Lock()
 
     @property
     def disabled(self) -> bool:
         return self._consecutive_failures >= self.max_consecutive_failures
 
-    def verdict(self, question: str, reference: str, answer: str) -> bool | None:
-        """True/False from the judge, or None when it could not answer (dead, slow, unparseable)."""
-        key = hashlib.sha256(json.dumps([question, reference, answer]).encode()).hexdigest()
-        if key in self._cache:
-            return self._cache[key]
-        if self.disabled:
-            return None
-        for attempt in range(self.retries + 1):
-            try:
-                self.calls += 1
-                r = self._client.chat.completions.create(
-                    model=self.model, temperature=0.0, max_tokens=3,
-                    messages=[{"role": "user", "content": self.prompt.format(
-                        question=question, reference=reference, answer=answer)}],
-                )
-                word = normalize(r.choices[0].message.content or "").split()[:1]
-                if word and word[0] in ("yes", "no"):
-                    v = word[0] == "yes"
-                    self._remember(key, v)
-                    self._consecutive_failures = 0
-                    return v
-            except Exception:  # noqa: BLE001 - any transport error: retry, then fall back
-                pass
-            if attempt < self.retries:
-                time.sleep(min(0.5 * 2**attempt, 4.0))
-        self._consecutive_failures += 1
-        return None
+    @property
+    def calls(self) -> int:
+        """HTTP requests made to the judge (retries included)."""
+        return self.judge.requests
 
-    def _remember(self, key: str, verdict: bool) -> None:
+    def verdict(self, question: str, answer: str, reference: str) -> bool | None:
+        key = self.judge.key(question, answer, reference)
+        if self.disabled:  # breaker open: cached verdicts only
+            return self.judge.cache.get(key)
+        v = self.judge.verdict_sync(question, answer, reference)
         with self._lock:
-            self._cache[key] = verdict
-            if self.cache_path:
-                self.cache_path.parent.mkdir(parents=True, exist_ok=True)
-                with open(self.cache_path, "a") as f:
-                    f.write(json.dumps({"key": key, "verdict": verdict}) + "\n")
+            self._consecutive_failures = 0 if v is not None else self._consecutive_failures + 1
+        return v
+
+    def stats(self) -> dict[str, float]:
+        return {"samples": float(self.samples), "fallbacks": float(self.fallbacks), "calls": float(self.calls),
+                "cache_hits": float(self.judge.hits), "disabled": float(self.disabled)}
 
     def __call__(self, prompts: list, completions: list, answer: list[str], log_metric=None, **_: Any) -> list[float]:
-        rewards, fell_back = [], 0
-        for p, c, a in zip(prompts, completions, answer):
-            text = completion_text(c)
-            v = self.verdict(prompt_text(p), a, text)
-            if v is None:
-                fell_back += 1
-                rewards.append(token_f1(text, a))
-            else:
-                rewards.append(1.0 if v else 0.0)
+        texts = [completion_text(c) for c in completions]
+        args = [(prompt_text(p), t, a) for p, t, a in zip(prompts, texts, answer)]
+        with ThreadPoolExecutor(self.concurrency) as pool:
+            verdicts = list(pool.map(lambda x: self.verdict(*x), args))
+        rewards = [token_f1(t, a) if v is None else float(v) for v, t, a in zip(verdicts, texts, answer)]
+        fell_back = sum(v is None for v in verdicts)
+        self.samples += len(rewards)
         self.fallbacks += fell_back
         if log_metric is not None:
             log_metric("judge/fallback_frac", fell_back / max(len(rewards), 1))
             log_metric("judge/disabled", float(self.disabled))
         return rewards
+
+
+def judge_reward_from_settings(settings, **kw) -> JudgeReward | None:
+    """The GRPO judge reward for the configured endpoint (verdicts cached under the home folder), or None."""
+    judge = judge_from_settings(settings)
+    return None if judge is None else JudgeReward(judge.base_url, judge.model, judge=judge, **kw)
 
 
 RULE_REWARDS = {"exact_match": exact_match_reward, "token_f1": token_f1_reward, "format": format_reward}

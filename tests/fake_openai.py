@@ -1,10 +1,12 @@
 """A stdlib OpenAI-compatible chat server on 127.0.0.1 for plumbing tests (never a stand-in for vLLM in the
-main path: the real-server tests use vLLM). `answer(question) -> str` decides what it says."""
+main path: the real-server tests use vLLM). `answer(question) -> str` decides what it says; `delay_s` makes
+every chat request wait that long first (a slow endpoint, for timeout tests)."""
 
 from __future__ import annotations
 
 import json
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Callable
 
@@ -12,8 +14,9 @@ from past.serving import free_port
 
 
 class FakeOpenAI:
-    def __init__(self, answer: Callable[[str], str] = lambda q: "I do not know.") -> None:
-        self.answer, self.requests = answer, 0
+    def __init__(self, answer: Callable[[str], str] = lambda q: "I do not know.", delay_s: float = 0.0) -> None:
+        self.answer, self.delay_s, self.requests = answer, delay_s, 0
+        self.prompts: list[str] = []
         fake = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -25,8 +28,11 @@ class FakeOpenAI:
                 self.send_response(code)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
+                try:
+                    self.end_headers()
+                    self.wfile.write(data)
+                except (BrokenPipeError, ConnectionResetError):  # the client gave up (timeout tests)
+                    pass
 
             def do_GET(self):
                 if self.path.rstrip("/").endswith("/models"):
@@ -36,6 +42,9 @@ class FakeOpenAI:
             def do_POST(self):
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 fake.requests += 1
+                fake.prompts.append(body["messages"][-1]["content"])
+                if fake.delay_s:
+                    time.sleep(fake.delay_s)
                 text = fake.answer(body["messages"][-1]["content"])
                 self._send(200, {"id": "x", "object": "chat.completion", "created": 0, "model": body["model"],
                                  "choices": [{"index": 0, "finish_reason": "stop",
