@@ -99,12 +99,14 @@ def run_round(k: int, partition: Path, base_model: Path, prev_vector: Path | Non
         return json.loads(marker.read_text())
     rd.mkdir(parents=True, exist_ok=True)
     t_round = time.monotonic()
+    phases: dict[str, float] = {}  # wall seconds per phase of this call (a resumed phase costs ~0)
 
     log(f"round {k}: SFT of the base model on {partition.name}")
     sft_dir = rd / "sft"
     sft_metrics = run_sft(partition, sft_dir, base_model, sft_recipe, work_dir=rd / "sft-work", progress=True)
     train_qa = [{"question": q.question, "answer": q.answer}
                 for q in read_qa_jsonl(rd / "sft-work" / "splits" / "train.jsonl")]
+    phases["sft_s"] = time.monotonic() - t_round
 
     if prev_vector is None:
         init = sft_dir  # v_0 = 0
@@ -115,6 +117,7 @@ def run_round(k: int, partition: Path, base_model: Path, prev_vector: Path | Non
             log(f"round {k}: init = θ_sft_{k} + v_{k - 1}")
             inject(sft_dir, prev_vector, init, lam=1.0)
 
+    phases["inject_s"] = time.monotonic() - t_round - sum(phases.values())
     rl_dir = rd / "rl"
     if not _verified(rl_dir):
         shutil.rmtree(rl_dir, ignore_errors=True)
@@ -122,6 +125,7 @@ def run_round(k: int, partition: Path, base_model: Path, prev_vector: Path | Non
         train_grpo(init, train_qa, rl_dir, grpo_recipe, work_dir=rd / "grpo-work", judge=judge,
                    extra_rewards=extra_rewards)
     grpo = read_result(rl_dir)
+    phases["grpo_s"] = time.monotonic() - t_round - sum(phases.values())
 
     vec = rd / "vector"
     shutil.rmtree(vec, ignore_errors=True)  # cheap to redo; never trust a half-finished one
@@ -129,19 +133,44 @@ def run_round(k: int, partition: Path, base_model: Path, prev_vector: Path | Non
     ortho_dir = rd / "orthogonality"
     shutil.rmtree(ortho_dir, ignore_errors=True)
     report = analyze(vec, base_model, sft_dir, ortho_dir, progress=False)
+    phases["extract_analyze_s"] = time.monotonic() - t_round - sum(phases.values())
 
     record = {
         "round": k, "partition": partition.name, "partition_corpus_id": load_corpus(partition).id,
         "init": "sft" if prev_vector is None else "sft+v_prev", "sft": _slim_sft(sft_metrics),
         "grpo": {key: grpo[key] for key in ("steps", "reward_curve", "reward_std_curve", "per_reward_curves",
                                              "judge", "wall_s")},
-        "orthogonality": {"summary": report.get("summary"), "per_layer": report.get("per_layer"),
-                          "report_dir": str(ortho_dir)},
+        "orthogonality": orthogonality_summary(report) | {"report_dir": str(ortho_dir)},
         "vector": str(vec), "rl": str(rl_dir), "sft_dir": str(sft_dir),
-        "wall_s": round(time.monotonic() - t_round, 2),
+        "wall_s": round(time.monotonic() - t_round, 2), "phases": {p: round(s, 2) for p, s in phases.items()},
     }
     marker.write_text(json.dumps(record, indent=2))
+    curve, o = record["grpo"]["reward_curve"], record["orthogonality"]
+    log(f"round {k}: done in {record['wall_s']:.0f} s; GRPO mean reward first 5 steps {_mean(curve[:5]):.3f} -> "
+        f"last 5 {_mean(curve[-5:]):.3f}; mean |cos(Δ_sft, v)| per layer {o['mean_abs_layer_cosine']:.4f}; "
+        f"‖v‖/‖Δ_sft‖ {o['skill_over_knowledge_norm']:.3f}")
     return record
+
+
+def _mean(xs: list[float]) -> float:
+    return sum(xs) / len(xs) if xs else float("nan")
+
+
+def orthogonality_summary(report: dict) -> dict:
+    """The round's orthogonality figures (from past.skill.analyze): cosine(θ_sft_k − θ_base, v_k) overall and
+    per layer, the mean |cosine| over layers, and the norm ratio ‖v_k‖ / ‖θ_sft_k − θ_base‖."""
+    layers = {name: s for name, s in report["layers"].items() if name != "other"}
+    cos = [abs(s["cosine"]) for s in layers.values() if s["cosine"] is not None]
+    overall = report["overall"]
+    return {
+        "overall_cosine": overall["cosine"],
+        "mean_abs_layer_cosine": _mean(cos),
+        "max_abs_layer_cosine": max(cos, default=float("nan")),
+        "skill_norm": overall["skill_norm"], "knowledge_norm": overall["knowledge_norm"],
+        "skill_over_knowledge_norm": overall["skill_norm"] / overall["knowledge_norm"]
+        if overall["knowledge_norm"] else float("nan"),
+        "per_layer_cosine": {name: s["cosine"] for name, s in report["layers"].items()},
+    }
 
 
 def lineage(source_corpus_id: str, records: list[dict], base_model: Path, sft_recipe: SFTRecipe,
@@ -182,6 +211,10 @@ def refresh_skill(
     sft_recipe = sft_recipe or SFTRecipe()
     grpo_recipe = grpo_recipe or GRPORecipe()
     corpus = load_corpus(source)
+    if rounds < 1:
+        raise RefreshError(f"K (rounds) must be ≥ 1, got {rounds}")
+    if len(corpus.documents) < rounds:  # checked before anything is written (partition_corpus checks it too)
+        raise RefreshError(f"{source}: {len(corpus.documents)} documents cannot make {rounds} disjoint partitions")
     work.mkdir(parents=True, exist_ok=True)
     t0 = time.monotonic()
     parts = partition_corpus(corpus, rounds, work / "partitions", seed)

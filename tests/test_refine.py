@@ -106,3 +106,32 @@ def test_refresh_resumes_and_skips_finished_rounds(tiny_model_dir: Path, tmp_pat
     assert len(res.rounds) == 2 and (out / "skill.json").exists()
     with pytest.raises(RefreshError, match="already exists"):
         refresh_skill(src, out, tiny_model_dir, 2, work, SFT, GRPO)
+
+
+def test_round_records_orthogonality_and_phases(tiny_model_dir: Path, tmp_path: Path) -> None:
+    src = make_source(tmp_path / "src")
+    part = partition_corpus(load_corpus(src), 1, tmp_path / "p")[0]
+    rec = refine.run_round(1, part, tiny_model_dir, None, tmp_path / "work", SFT, GRPO, extra_rewards=[length_reward],
+                           log=lambda m: None)
+    o = rec["orthogonality"]
+    assert 0.0 <= o["mean_abs_layer_cosine"] <= o["max_abs_layer_cosine"] <= 1.0
+    assert {"layer 000", "layer 001"} <= set(o["per_layer_cosine"]) and o["skill_over_knowledge_norm"] > 0
+    assert set(rec["phases"]) == {"sft_s", "inject_s", "grpo_s", "extract_analyze_s"}
+
+
+def test_cli_refresh_runs_rounds_and_fails_cleanly(tiny_model_dir: Path, tmp_path: Path, capsys) -> None:
+    from past.cli import main
+
+    src = make_source(tmp_path / "src")
+    out = tmp_path / "vec"
+    budgets = ["--base", str(tiny_model_dir), "--grpo-steps", "1", "--generations", "2", "--prompts-per-step", "1",
+               "--completion-length", "4", "--sft-steps-memorize", "1", "--sft-steps-qa", "1", "--no-judge"]
+    assert main(["skill", "refresh", str(src), "--rounds", "2", "--out", str(out), *budgets]) == 0
+    text = capsys.readouterr().out
+    assert "round 1: done" in text and "round 2: done" in text and f"skill vector v_2: {out}" in text
+    assert json.loads((out / "skill.json").read_text())["lineage"]["rounds"] == 2
+    assert main(["skill", "refresh", str(src), "--rounds", "2", "--out", str(out), *budgets]) == 2
+    assert main(["skill", "refresh", str(src), "--rounds", "9", "--out", str(tmp_path / "v9"), *budgets]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error: ") and "cannot make 9 disjoint partitions" in err[-1]
+    assert not (tmp_path / "v9").exists()

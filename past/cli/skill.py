@@ -55,6 +55,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     an.add_argument("--tuned", type=Path, required=True, help="knowledge-tuned (SFT) model folder")
     an.add_argument("--out", type=Path, required=True, help="new report folder (must not exist)")
     an.set_defaults(func=run_analyze)
+    from past.cli.refresh import register_refresh; register_refresh(ssub)  # noqa: E702 - `past skill refresh`
 
 
 def run_extract(args: argparse.Namespace) -> int:
