@@ -15,7 +15,7 @@ SBIN  := $(SERVE_VENV)/bin
 STAMP := $(VENV)/.installed
 SSTAMP := $(SERVE_VENV)/.installed
 
-.PHONY: demo smoke test test-fast test-slow venv serve-env doctor bench-skill clean-venvs
+.PHONY: demo smoke test test-fast test-slow venv serve-env doctor bench-skill bench-method clean-venvs
 
 ## demo: the main job on embedded defaults: skill refresh (K=2) on a synthetic source domain, then a new
 ## corpus lands in the inbox and watch -> adapt -> vLLM gate -> promote runs; prints the summary.
@@ -72,8 +72,17 @@ $(MERGEKIT_VENV)/bin/mergekit-yaml:
 bench-skill: $(STAMP) $(MERGEKIT_VENV)/bin/mergekit-yaml
 	flock -x /tmp/past-cpu.lock $(BIN)/python bench/skill_inject.py --mergekit-python $(MERGEKIT_VENV)/bin/python
 
+## bench-method: the method table (docs/RESULTS.md) on SmolLM2, 3 seeds, ~75-90 min on 2 cores; resumes if rerun
+SEEDS ?= 0 1 2
+bench-method: $(STAMP)
+	flock -x /tmp/past-cpu.lock $(BIN)/python bench/method.py --seeds $(SEEDS)
+
 doctor: $(STAMP)
 	$(BIN)/past doctor
+
+## bench-refresh: skill refresh (GRPO, K=2) on SmolLM2-135M, ~15 min on 2 cores; results in .bench/refresh.json
+bench-refresh: $(STAMP)
+	flock -x /tmp/past-cpu.lock $(BIN)/python bench/refresh.py --json .bench/refresh.json
 
 clean-venvs:
 	rm -rf $(VENV) $(SERVE_VENV)
