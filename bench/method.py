@@ -1,0 +1,429 @@
+"""Method benchmark: the PaST paper's comparison, in miniature, on SmolLM2-135M and synthetic support domains.
+
+    flock -x /tmp/past-cpu.lock .venv/bin/python bench/method.py --seeds 0 1 2      # = make bench-method
+    flock -x /tmp/past-cpu.lock .venv/bin/python bench/method.py --dev --seeds 0    # choose settings (dev)
+
+Per seed, `past.synthetic.make_domains(seed)` gives a source domain S and a target domain T (no shared
+entities). Arms, all scored on T's held-out questions (paraphrase, doc_only, two_fact) with greedy chat
+answers, EM / token-F1 / contains and the gate's correctness rule (token-F1 ≥ 0.5 or reference contained):
+
+    base           the base model
+    sft            θ_sft_T: two-stage LoRA SFT on T (documents + rewrites, then the train split of T's QA)
+    past           θ_sft_T + λ·v_K (K=2 refresh on S; λ = --lam, the authors' 1 unless a dev run chose one)
+    k1             θ_sft_T + λ·v_1: single-round skill (round 1 of the same refresh, i.e. partition D_1 only)
+    pre_injection  SFT on T starting from θ_base + λ·v_K
+    sequential     SFT on T starting from θ_rl_K (the refresh's last source SFT + GRPO model)
+    random         θ_sft_T + r, r random with ‖r_t‖ = λ·‖v_K,t‖ for every tensor t (control)
+    target_grpo    GRPO on T's train QA from θ_sft_T (the costly upper bound)
+    lam=x          θ_sft_T + x·v_K for every x in --lams (λ = 0 is θ_sft_T itself, not re-evaluated)
+
+Reuse: one refresh per seed gives v_1, v_K and θ_rl_K (arms past, k1, sequential, pre_injection, random and
+the whole λ sweep); θ_sft_T serves past, k1, random, target_grpo and the sweep, which only re-injects.
+Plus the per-layer cosine between Δ_SFT_T = θ_sft_T − θ_base and v (`past.skill.analyze`), answer lengths,
+and wall time per arm: `marginal` = what one more target corpus costs with that arm (SFT, inject, target
+GRPO), `one_off` = the shared source refresh it needs (amortised over every later corpus).
+
+Checkpoints: every step writes `<out>/seed-S/steps/<name>.json` when done and every evaluation
+`<out>/seed-S/evals/<arm>.json`; a rerun of the same command skips what is done (SFT/refresh also resume
+inside a step). Model folders of a finished seed are deleted unless --keep-models (~0.5 GB each).
+
+Settings are never chosen on the held-out target questions: `--dev` runs the same pipeline on a source-like
+domain drawn from seed 10_000+S and cut in two (`split_domain`), so no target question is ever generated;
+its output records the λ with the best dev accuracy, and a final run takes settings only from the command
+line or from such a dev JSON (`--settings-from`). The final run never selects anything by its scores.
+
+Sizing (defaults; 2 cores; per-token/step costs from docs/BENCHMARKS.md and this script's smoke run:
+LoRA SFT ~115–150 tokens/s, GRPO ~9 s/step at 4 prompts × 4 generations × 16 tokens, greedy eval ~0.25 s
+per question at batch 16 × 64 new tokens, ~8 s per inject, ~6 s per model load):
+  T = 8 products × (article + 2 rewrites) ≈ 2.1k tokens/epoch; stage 1 = 8 steps at 8 × 256 ≈ 16k tokens
+  ≈ 120 s; stage 2 = 8 steps × 8 QA ≈ 4k tokens ≈ 35 s  → one target SFT ≈ 170 s incl. load/merge/save;
+  3 target SFTs (sft, pre_injection, sequential) ≈ 510 s; 2 source-partition SFTs (6 products each) ≈ 400 s;
+  GRPO 3 × 12 steps (2 refresh rounds + target) ≈ 330 s; 12 evaluations × 56 questions ≈ 170 s;
+  ~9 injects + analyze ≈ 90 s → ≈ 1500 s ≈ 25 min per seed, ≈ 75 min for 3 seeds (+ imports).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import shutil
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+# Import every module the run touches up front: edits to the working tree during a long run cannot leak in.
+import past.grpo  # noqa: E402,F401
+import past.rewards  # noqa: E402,F401
+from past.corpus import read_qa_jsonl  # noqa: E402
+from past.grpo import GRPORecipe, read_result, train_grpo  # noqa: E402
+from past.models import MANIFEST, publish_dir, staging_dir, verify_model_dir  # noqa: E402
+from past.refine import orthogonality_summary, refresh_skill  # noqa: E402
+from past.scoring import score_all  # noqa: E402
+from past.sft import SFTRecipe, run_sft  # noqa: E402
+from past.skill import analyze, inject  # noqa: E402
+from past.synthetic import make_domains, split_domain, write_corpus, write_heldout  # noqa: E402
+
+BASE = REPO / ".past" / "models" / "smollm2-135m-instruct"
+KINDS = ("paraphrase", "doc_only", "two_fact")
+FIXED_ARMS = ("base", "sft", "past", "k1", "pre_injection", "sequential", "random", "target_grpo")
+DEV_SEED_OFFSET = 10_000
+
+
+def _f(default: Any, help: str) -> Any:  # noqa: A002 - TRL-style help metadata
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass
+class Budget:
+    n_source: int = _f(12, "Source products (split into `rounds` partitions for the refresh).")
+    n_target: int = _f(8, "Target products; held-out questions = 4 paraphrase + 2 doc_only + ~1 two_fact each.")
+    rewrites: int = _f(2, "Rewrites per article in stage 1 (facts need several phrasings to become extractable).")
+    eval_fraction: float = _f(0.5, "Share of products whose training QA stage 2 never sees (keeps SFT off the ceiling).")
+    sft_steps_memorize: int = _f(8, "Stage 1 (memorize) optimizer steps per SFT.")
+    sft_steps_qa: int = _f(8, "Stage 2 (QA) optimizer steps per SFT.")
+    sft_lr: float = _f(1e-3, "LoRA learning rate of both SFT stages.")
+    sft_lora_r: int = _f(16, "LoRA rank (alpha = 2r).")
+    sft_batch: int = _f(8, "SFT batch size (stage 1: packed blocks; stage 2: QA pairs).")
+    sft_max_length: int = _f(256, "Tokens per packed block / QA example.")
+    rounds: int = _f(2, "K of the skill refresh (K=1 arm = its first round).")
+    grpo_steps: int = _f(12, "GRPO steps per refresh round and for the target-GRPO arm.")
+    grpo_prompts: int = _f(4, "Questions per GRPO step.")
+    grpo_generations: int = _f(4, "GRPO group size.")
+    grpo_completion: int = _f(16, "Max tokens per GRPO completion.")
+    grpo_lr: float = _f(1e-5, "GRPO learning rate (full-parameter).")
+    lam: float = _f(1.0, "λ of the headline PaST arms (past, k1, pre_injection, random). Choose it with --dev.")
+    lams: tuple[float, ...] = _f((0.0, 0.25, 0.5, 1.0, 1.5, 2.0), "λ sweep (post-hoc, v_K).")
+    max_new_tokens: int = _f(64, "Max new tokens per evaluated answer (the gate's default).")
+    eval_batch: int = _f(16, "Questions per batched greedy generate call.")
+
+
+def budget_from_args(args: argparse.Namespace) -> Budget:
+    return Budget(**{f.name: getattr(args, f.name) for f in dataclasses.fields(Budget)})
+
+
+def recipes(b: Budget, seed: int) -> tuple[SFTRecipe, GRPORecipe]:
+    # save_steps beyond max_steps: a full-parameter checkpoint costs more than a step; steps resume at step level.
+    sft = SFTRecipe(max_steps_memorize=b.sft_steps_memorize, max_steps_qa=b.sft_steps_qa, lr_memorize=b.sft_lr,
+                    lr_qa=b.sft_lr, lora_r=b.sft_lora_r, lora_alpha=2 * b.sft_lora_r, batch_size=b.sft_batch,
+                    max_length=b.sft_max_length, eval_fraction=b.eval_fraction, save_steps=10_000, seed=seed)
+    grpo = GRPORecipe(max_steps=b.grpo_steps, prompts_per_step=b.grpo_prompts, num_generations=b.grpo_generations,
+                      max_completion_length=b.grpo_completion, learning_rate=b.grpo_lr, save_steps=10_000, seed=seed)
+    return sft, grpo
+
+
+# --- checkpointed steps ------------------------------------------------------------------------------------
+def _write_json(path: Path, obj: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(obj, indent=1, default=str) + "\n")
+    os.replace(tmp, path)  # a crash never leaves a half-written record that a rerun would trust
+
+
+def step(path: Path, fn: Callable[[], dict], log: Callable[[str], None]) -> dict:
+    """Run `fn` once: its record (+ wall_s) lands at `path`; a rerun returns the saved record."""
+    if path.is_file():
+        return json.loads(path.read_text())
+    log(f"{path.parent.parent.name}: {path.stem} ...")
+    t0 = time.perf_counter()
+    rec = fn()
+    rec["wall_s"] = round(time.perf_counter() - t0, 2)
+    _write_json(path, rec)
+    log(f"{path.parent.parent.name}: {path.stem} done in {rec['wall_s']:.0f} s")
+    return rec
+
+
+def _fresh(out: Path) -> None:
+    """Drop an output whose step record is missing (crash after publish): cheap steps are simply redone."""
+    if out.exists():
+        shutil.rmtree(out)
+
+
+def _published(model_dir: Path) -> bool:
+    return (model_dir / MANIFEST).is_file() and not verify_model_dir(model_dir)
+
+
+# --- evaluation --------------------------------------------------------------------------------------------
+def generate_answers(model_dir: Path, questions: list[str], max_new_tokens: int, batch_size: int) -> list[str]:
+    """Greedy chat answers, batched (left padding); the prompt is the user turn only, as the gate sends it."""
+    import torch
+    from tqdm import tqdm
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(model_dir, padding_side="left")
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    prompts = [tok.apply_chat_template([{"role": "user", "content": q}], tokenize=False, add_generation_prompt=True)
+               for q in questions]
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))  # similar lengths share a batch
+    answers: list[str] = [""] * len(prompts)
+    with torch.inference_mode():
+        for s in tqdm(range(0, len(order), batch_size), desc=f"eval {model_dir.name}", leave=False):
+            idx = order[s:s + batch_size]
+            enc = tok([prompts[i] for i in idx], return_tensors="pt", padding=True, add_special_tokens=False)
+            out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tok.pad_token_id)
+            for i, row in zip(idx, out[:, enc["input_ids"].shape[1]:]):
+                answers[i] = tok.decode(row, skip_special_tokens=True).strip()
+    return answers
+
+
+def score_items(items: list[dict], answers: list[str]) -> dict:
+    """Per-item scores and per-kind / overall summaries. `correct` is the gate's rule without a judge
+    (past/evaluation.py): token-F1 ≥ 0.5 or the reference contained; an empty answer scores 0 (gate: error)."""
+    rows = []
+    for it, ans in zip(items, answers):
+        s = score_all(ans, it["answer"]) if ans else {"exact_match": 0.0, "token_f1": 0.0, "contains": 0.0}
+        rows.append({"id": it["id"], "kind": it["kind"], "answer": ans, "reference": it["answer"], **s,
+                     "correct": float(bool(ans) and (s["token_f1"] >= 0.5 or s["contains"] == 1.0)),
+                     "words": len(ans.split())})
+    summary = {k: _summarize([r for r in rows if r["kind"] == k]) for k in KINDS}
+    summary["overall"] = _summarize(rows)
+    return {"summary": summary, "items": rows}
+
+
+def _summarize(rows: list[dict]) -> dict:
+    if not rows:
+        return {"n": 0}
+    words = sorted(r["words"] for r in rows)
+    out = {m: sum(r[m] for r in rows) / len(rows) for m in ("exact_match", "token_f1", "contains", "correct")}
+    return out | {"n": len(rows), "words_mean": sum(words) / len(words), "words_median": words[len(words) // 2],
+                  "words_max": words[-1]}
+
+
+# --- arms --------------------------------------------------------------------------------------------------
+def random_like(vector_dir: Path, model_dir: Path, out: Path, lam: float, seed: int) -> Path:
+    """θ + r with r ~ N(0, 1) rescaled per tensor to λ·‖v_t‖: the same-norm control for the skill vector."""
+    import torch
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    norms: dict[str, float] = {}
+    for f in sorted(vector_dir.glob("skill*.safetensors")):
+        with safe_open(f, "pt") as h:
+            norms.update({k: float(h.get_tensor(k).float().norm()) for k in h.keys()})
+    gen = torch.Generator().manual_seed(seed)
+    tmp = staging_dir(out)
+    try:
+        for f in sorted(model_dir.iterdir()):
+            if f.suffix == ".safetensors":
+                sd = load_file(f)
+                for name, w in sd.items():
+                    if name in norms and w.is_floating_point():
+                        r = torch.randn(w.shape, generator=gen)
+                        sd[name] = (w.float() + r * (abs(lam) * norms[name] / float(r.norm()))).to(w.dtype)
+                save_file(sd, tmp / f.name, metadata={"format": "pt"})
+            elif f.is_file() and f.name != MANIFEST:
+                shutil.copy2(f, tmp / f.name)
+        return publish_dir(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def run_seed(seed: int, b: Budget, base: Path, root: Path, dev: bool, arms: set[str], keep_models: bool,
+             log: Callable[[str], None]) -> dict:
+    sdir = root / f"seed-{seed}"
+    work, steps, evals = sdir / "work", sdir / "steps", sdir / "evals"
+    sft_recipe, grpo_recipe = recipes(b, seed)
+    if dev:  # a source-like domain cut in two; the target domain of any seed is never generated
+        pool, _ = make_domains(DEV_SEED_OFFSET + seed, b.n_source + b.n_target, 0)
+        source, target = split_domain(pool, b.n_source)
+    else:
+        source, target = make_domains(seed, b.n_source, b.n_target)
+    src_c, tgt_c = work / "corpora" / "source", work / "corpora" / "target"
+    for dom, path in ((source, src_c), (target, tgt_c)):
+        if not path.exists():
+            tmp = path.with_name(path.name + ".tmp")
+            shutil.rmtree(tmp, ignore_errors=True)
+            write_corpus(dom, tmp, rewrites=b.rewrites)
+            os.replace(tmp, path)
+    items = [json.loads(line) for line in write_heldout(target, sdir / "heldout.jsonl").read_text().splitlines()]
+    need = lambda *names: bool(arms & set(names))  # noqa: E731
+    lams = [x for x in b.lams if x != 0.0]
+    sweep = {f"lam={x:g}" for x in lams}
+
+    def sft_from(start: Path, name: str) -> dict:
+        return run_sft(tgt_c, work / name, start, sft_recipe, work_dir=work / f"{name}-work", progress=False)
+
+    def injected(model: Path, vec: Path, name: str, lam: float) -> dict:
+        _fresh(work / name)
+        inject(model, vec, work / name, lam=lam, progress=False)
+        return {"model": str(work / name), "lam": lam}
+
+    rec: dict[str, dict] = {}
+    rec["sft"] = step(steps / "sft.json", lambda: {"model": str(work / "sft"),
+                                                  "metrics": _slim(sft_from(base, "sft"))}, log)
+    sft_T = work / "sft"
+    if need("past", "k1", "pre_injection", "sequential", "random") or sweep & arms:
+        def refresh() -> dict:
+            _fresh(work / "vector")
+            r = refresh_skill(src_c, work / "vector", base, b.rounds, work / "refresh", sft_recipe, grpo_recipe,
+                              seed=seed, log=log)
+            return {"vector": str(r.vector_dir), "rounds": [{k: x[k] for k in ("round", "wall_s", "phases", "grpo",
+                                                                               "orthogonality", "vector", "rl")}
+                                                           for x in r.rounds]}
+        rec["refresh"] = step(steps / "refresh.json", refresh, log)
+        v_K, v_1 = Path(rec["refresh"]["vector"]), Path(rec["refresh"]["rounds"][0]["vector"])
+        rl_K = Path(rec["refresh"]["rounds"][-1]["rl"])
+        for tag, vec in (("K", v_K), ("1", v_1)):
+            rec[f"cosine_{tag}"] = step(steps / f"cosine_{tag}.json", lambda vec=vec, tag=tag: orthogonality_summary(
+                analyze(vec, base, sft_T, _fresh(sdir / f"analysis-{tag}") or sdir / f"analysis-{tag}",
+                        progress=False)), log)
+    for x in lams:
+        if f"lam={x:g}" in arms or (x == b.lam and "past" in arms):
+            rec[f"lam={x:g}"] = step(steps / f"inject-lam={x:g}.json", lambda x=x: injected(sft_T, v_K, f"lam={x:g}", x), log)
+    if "past" in arms and f"lam={b.lam:g}" not in rec:
+        rec[f"lam={b.lam:g}"] = step(steps / f"inject-lam={b.lam:g}.json", lambda: injected(sft_T, v_K, f"lam={b.lam:g}", b.lam), log)
+    if "k1" in arms:
+        rec["k1"] = step(steps / "k1.json", lambda: injected(sft_T, v_1, "k1", b.lam), log)
+    if "pre_injection" in arms:
+        rec["pre_inject"] = step(steps / "pre_inject.json", lambda: injected(base, v_K, "base+v", b.lam), log)
+        rec["pre_injection"] = step(steps / "pre_injection.json", lambda: {
+            "model": str(work / "pre_injection"), "metrics": _slim(sft_from(work / "base+v", "pre_injection"))}, log)
+    if "sequential" in arms:
+        rec["sequential"] = step(steps / "sequential.json", lambda: {
+            "model": str(work / "sequential"), "metrics": _slim(sft_from(rl_K, "sequential"))}, log)
+    if "random" in arms:
+        rec["random"] = step(steps / "random.json", lambda: {"model": str(random_like(
+            v_K, sft_T, _fresh(work / "random") or work / "random", b.lam, seed))}, log)
+    if "target_grpo" in arms:
+        def target_grpo() -> dict:
+            out = work / "target_grpo"
+            if not _published(out):
+                _fresh(out)
+                qa = [{"question": q.question, "answer": q.answer}
+                      for q in read_qa_jsonl(work / "sft-work" / "splits" / "train.jsonl")]
+                train_grpo(sft_T, qa, out, grpo_recipe, work_dir=work / "target_grpo-work")
+            g = read_result(out)
+            return {"model": str(out), "grpo": {k: g[k] for k in ("steps", "reward_curve", "reward_std_curve", "wall_s")}}
+        rec["target_grpo"] = step(steps / "target_grpo.json", target_grpo, log)
+
+    # what each arm's model is, and what it cost (marginal per corpus; one-off shared refresh)
+    refresh_s = rec.get("refresh", {}).get("wall_s", 0.0)
+    round1_s = rec["refresh"]["rounds"][0]["wall_s"] if "refresh" in rec else 0.0
+    sft_s = rec["sft"]["wall_s"]
+    models: dict[str, tuple[Path, float, float]] = {"base": (base, 0.0, 0.0), "sft": (sft_T, sft_s, 0.0)}
+    for x in lams:
+        if f"lam={x:g}" in rec:
+            models[f"lam={x:g}"] = (Path(rec[f"lam={x:g}"]["model"]), sft_s + rec[f"lam={x:g}"]["wall_s"], refresh_s)
+    if "past" in arms:
+        models["past"] = models[f"lam={b.lam:g}"]  # after the sweep, so it reuses the λ arm's evaluation
+    if "k1" in rec:
+        models["k1"] = (Path(rec["k1"]["model"]), sft_s + rec["k1"]["wall_s"], round1_s)
+    if "pre_injection" in rec:
+        models["pre_injection"] = (work / "pre_injection", rec["pre_inject"]["wall_s"] + rec["pre_injection"]["wall_s"], refresh_s)
+    if "sequential" in rec:
+        models["sequential"] = (work / "sequential", rec["sequential"]["wall_s"], refresh_s)
+    if "random" in rec:
+        models["random"] = (work / "random", sft_s + rec["random"]["wall_s"], 0.0)
+    if "target_grpo" in rec:
+        models["target_grpo"] = (work / "target_grpo", sft_s + rec["target_grpo"]["wall_s"], 0.0)
+
+    scores: dict[str, dict] = {}
+    for arm, (model, marginal, one_off) in models.items():
+        if arm not in arms and arm != "sft":
+            continue
+        if arm == "past" and f"lam={b.lam:g}" in scores:  # the same weights: one evaluation serves both rows
+            scores[arm] = scores[f"lam={b.lam:g}"]
+            continue
+        ev = step(evals / f"{arm}.json", lambda model=model: score_items(items, generate_answers(
+            model, [it["question"] for it in items], b.max_new_tokens, b.eval_batch)), log)
+        scores[arm] = {"summary": ev["summary"], "eval_s": ev["wall_s"], "marginal_s": round(marginal, 2),
+                       "one_off_s": round(one_off, 2)}
+    if "lam=0" in arms or 0.0 in b.lams:
+        scores["lam=0"] = scores["sft"] | {"note": "λ = 0 is θ_sft_T itself (same weights); not re-evaluated"}
+    if not keep_models and work.exists():
+        shutil.rmtree(work)  # every record and evaluation is in steps/ and evals/; weights are ~0.5 GB each
+    compute = sum(r.get("wall_s", 0.0) for r in rec.values()) + sum(
+        json.loads(p.read_text())["wall_s"] for p in evals.glob("*.json"))
+    return {"seed": seed, "dev": dev, "compute_s": round(compute, 1), "n_heldout": {k: sum(it["kind"] == k for it in items) for k in KINDS},
+            "arms": scores, "steps": rec}
+
+
+def _slim(m: dict) -> dict:
+    return {s: {k: m[s].get(k) for k in ("steps", "loss_first", "loss_last", "tokens", "wall_s")}
+            for s in ("memorize", "qa") if isinstance(m.get(s), dict)}
+
+
+# --- CLI ---------------------------------------------------------------------------------------------------
+def parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds (one full pipeline each)")
+    ap.add_argument("--dev", action="store_true", help="tune on a split source-like domain; never touches targets")
+    ap.add_argument("--settings-from", type=Path, default=None,
+                    help="a dev run's results JSON: take its budget and its chosen λ (dev accuracy)")
+    ap.add_argument("--arms", nargs="+", default=None,
+                    help=f"subset of arms (default: all; dev default: base sft + the λ sweep): {' '.join(FIXED_ARMS)} lam=X")
+    ap.add_argument("--base", type=Path, default=BASE, help="base model folder (a tiny model for a smoke run)")
+    ap.add_argument("--out", type=Path, default=None,
+                    help="work + checkpoint folder (default .past/bench/method[-dev]); rerun to resume")
+    ap.add_argument("--results-md", type=Path, default=REPO / "docs" / "RESULTS.md",
+                    help="where the final run writes the table (plots go next to it)")
+    ap.add_argument("--keep-models", action="store_true", help="keep model folders after a seed finishes")
+    for f in dataclasses.fields(Budget):
+        kw: dict = {"default": f.default, "help": f.metadata["help"] + f" (default {f.default})"}
+        if isinstance(f.default, tuple):
+            kw |= {"nargs": "+", "type": float, "default": list(f.default)}
+        else:
+            kw["type"] = type(f.default)
+        ap.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, **kw)
+    return ap
+
+
+def run(argv: list[str] | None = None) -> dict:
+    from bench.method_report import dev_choice, write_report, print_table
+
+    args = parser().parse_args(argv)
+    b = budget_from_args(args)
+    provenance = "command line (defaults: authors' λ = 1)"
+    if args.settings_from:
+        if args.dev:
+            raise SystemExit("error: --settings-from is for the final run, not --dev")
+        dev = json.loads(args.settings_from.read_text())
+        if not dev.get("dev"):
+            raise SystemExit(f"error: {args.settings_from} is not a dev run's results (settings must come from dev data)")
+        b = Budget(**{k: tuple(v) if isinstance(v, list) else v for k, v in dev["budget"].items()})
+        b.lam = dev["dev_choice"]["lam"]
+        provenance = f"dev run {args.settings_from} (λ = {b.lam:g}, best dev accuracy)"
+    b.lams = tuple(sorted(set(b.lams)))
+    if b.lam not in b.lams:
+        b.lams = tuple(sorted(set(b.lams) | {b.lam}))
+    sweep = [f"lam={x:g}" for x in b.lams]
+    arms = set(args.arms) if args.arms else (
+        {"base", "sft", *sweep} if args.dev else {*FIXED_ARMS, *sweep})
+    unknown = arms - set(FIXED_ARMS) - set(sweep)
+    if unknown:
+        raise SystemExit(f"error: unknown arms {sorted(unknown)} (λ arms must be in --lams)")
+    out = args.out or REPO / ".past" / "bench" / ("method-dev" if args.dev else "method")
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    log = lambda m: print(f"[{time.perf_counter() - t0:7.1f} s] {m}", flush=True)  # noqa: E731
+    base = args.base
+    if base == BASE and not BASE.exists():
+        from past.models import prepare_base_model
+
+        base = prepare_base_model(BASE.name, BASE.parent)
+    seeds = [run_seed(s, b, base, out, args.dev, arms, args.keep_models, log) for s in args.seeds]
+    results = {"dev": args.dev, "budget": asdict(b), "settings_provenance": provenance, "seeds": seeds,
+               "arms": sorted(arms), "total_wall_s": round(time.perf_counter() - t0, 1),
+               "command": "python bench/method.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+               "base": str(base), "date": time.strftime("%Y-%m-%d")}
+    if args.dev:
+        results["dev_choice"] = dev_choice(results)
+    _write_json(out / "results.json", results)
+    print_table(results)
+    if args.dev:
+        print(f"dev choice: {results['dev_choice']}; run the final benchmark with --settings-from {out / 'results.json'}")
+    else:
+        write_report(results, args.results_md)
+        print(f"wrote {args.results_md}")
+    return results
+
+
+if __name__ == "__main__":
+    run()
