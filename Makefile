@@ -15,7 +15,7 @@ SBIN  := $(SERVE_VENV)/bin
 STAMP := $(VENV)/.installed
 SSTAMP := $(SERVE_VENV)/.installed
 
-.PHONY: demo smoke test test-fast test-slow venv serve-env doctor bench-skill bench-method clean-venvs
+.PHONY: demo smoke test test-fast test-slow venv serve-env doctor bench-skill bench-method bench-refresh clean-venvs
 
 ## demo: the main job on embedded defaults: skill refresh (K=2) on a synthetic source domain, then a new
 ## corpus lands in the inbox and watch -> adapt -> vLLM gate -> promote runs; prints the summary.

@@ -81,14 +81,14 @@ def main() -> int:
     out = {"settings": vars(args) | {k: str(getattr(args, k)) for k in ("base", "keep", "json")}, "total_wall_s": round(total, 1),
            "rounds": []}
     for r in res.rounds:
-        curve, o = r["grpo"]["reward_curve"], r["orthogonality"]
+        curve, o = r["grpo"]["reward_curve"], r["orthogonality"]["summary"]
         first, last = mean(curve[:5]), mean(curve[-5:])
         out["rounds"].append({
             "round": r["round"], "init": r["init"], "reward_curve": curve, "reward_std_curve": r["grpo"]["reward_std_curve"],
             "per_reward_curves": r["grpo"]["per_reward_curves"], "reward_first5": first, "reward_last5": last,
             "reward_rose": last > first, "mean_abs_layer_cosine": o["mean_abs_layer_cosine"],
             "max_abs_layer_cosine": o["max_abs_layer_cosine"], "overall_cosine": o["overall_cosine"],
-            "skill_over_sft_norm": o["skill_over_knowledge_norm"], "per_layer_cosine": o["per_layer_cosine"],
+            "skill_over_sft_norm": o["skill_over_knowledge_norm"], "per_layer_cosine": r["orthogonality"]["per_layer"],
             "sft": r["sft"], "phases_s": r["phases"], "round_wall_s": r["wall_s"]})
 
     print(f"\nK={args.rounds}, {args.products_per_partition} products/partition, GRPO {args.grpo_steps} steps × "

@@ -145,7 +145,7 @@ def run_round(k: int, partition: Path, base_model: Path, prev_vector: Path | Non
         "wall_s": round(time.monotonic() - t_round, 2), "phases": {p: round(s, 2) for p, s in phases.items()},
     }
     marker.write_text(json.dumps(record, indent=2))
-    curve, o = record["grpo"]["reward_curve"], record["orthogonality"]
+    curve, o = record["grpo"]["reward_curve"], record["orthogonality"]["summary"]
     log(f"round {k}: done in {record['wall_s']:.0f} s; GRPO mean reward first 5 steps {_mean(curve[:5]):.3f} -> "
         f"last 5 {_mean(curve[-5:]):.3f}; mean |cos(Δ_sft, v)| per layer {o['mean_abs_layer_cosine']:.4f}; "
         f"‖v‖/‖Δ_sft‖ {o['skill_over_knowledge_norm']:.3f}")
@@ -157,20 +157,21 @@ def _mean(xs: list[float]) -> float:
 
 
 def orthogonality_summary(report: dict) -> dict:
-    """The round's orthogonality figures (from past.skill.analyze): cosine(θ_sft_k − θ_base, v_k) overall and
-    per layer, the mean |cosine| over layers, and the norm ratio ‖v_k‖ / ‖θ_sft_k − θ_base‖."""
+    """The round's orthogonality figures (from past.skill.analyze): `summary` - cosine(θ_sft_k − θ_base, v_k)
+    overall, mean and max |cosine| over layers, the norms and their ratio ‖v_k‖ / ‖θ_sft_k − θ_base‖ - and
+    `per_layer` cosines ("other" = embeddings and norms; None where one delta is zero there)."""
     layers = {name: s for name, s in report["layers"].items() if name != "other"}
     cos = [abs(s["cosine"]) for s in layers.values() if s["cosine"] is not None]
     overall = report["overall"]
-    return {
+    summary = {
         "overall_cosine": overall["cosine"],
         "mean_abs_layer_cosine": _mean(cos),
         "max_abs_layer_cosine": max(cos, default=float("nan")),
         "skill_norm": overall["skill_norm"], "knowledge_norm": overall["knowledge_norm"],
         "skill_over_knowledge_norm": overall["skill_norm"] / overall["knowledge_norm"]
         if overall["knowledge_norm"] else float("nan"),
-        "per_layer_cosine": {name: s["cosine"] for name, s in report["layers"].items()},
     }
+    return {"summary": summary, "per_layer": {name: s["cosine"] for name, s in report["layers"].items()}}
 
 
 def lineage(source_corpus_id: str, records: list[dict], base_model: Path, sft_recipe: SFTRecipe,

@@ -113,9 +113,9 @@ def test_round_records_orthogonality_and_phases(tiny_model_dir: Path, tmp_path: 
     part = partition_corpus(load_corpus(src), 1, tmp_path / "p")[0]
     rec = refine.run_round(1, part, tiny_model_dir, None, tmp_path / "work", SFT, GRPO, extra_rewards=[length_reward],
                            log=lambda m: None)
-    o = rec["orthogonality"]
+    o = rec["orthogonality"]["summary"]
     assert 0.0 <= o["mean_abs_layer_cosine"] <= o["max_abs_layer_cosine"] <= 1.0
-    assert {"layer 000", "layer 001"} <= set(o["per_layer_cosine"]) and o["skill_over_knowledge_norm"] > 0
+    assert {"layer 000", "layer 001"} <= set(rec["orthogonality"]["per_layer"]) and o["skill_over_knowledge_norm"] > 0
     assert set(rec["phases"]) == {"sft_s", "inject_s", "grpo_s", "extract_analyze_s"}
 
 

@@ -111,6 +111,6 @@ def run_refresh(args: argparse.Namespace) -> int:
         extra = f", judge fallbacks {int(j.get('fallbacks', 0))}/{int(j.get('samples', 0))}" if j else ""
         print(f"round {r['round']}: {r['grpo']['steps']} GRPO steps, reward {r['grpo']['reward_curve'][:1]} -> "
               f"{r['grpo']['reward_curve'][-1:]}, mean |cos| per layer "
-              f"{r['orthogonality']['mean_abs_layer_cosine']:.4f}{extra}")
+              f"{r['orthogonality']['summary']['mean_abs_layer_cosine']:.4f}{extra}")
     print(f"skill vector v_{rounds}: {res.vector_dir} ({res.wall_s:.0f} s)")
     return 0
