@@ -10,6 +10,7 @@ from prefect import task
 
 from past.grpo import GRPORecipe
 from past.models import resolve_model
+from past.rewards import judge_reward_from_settings
 from past.sft import SFTRecipe, run_memorize, run_qa
 from tasks.common import ACCELERATOR_TAG, CACHED, artifact, require, settings
 from tasks.gate import evalset_path
@@ -53,19 +54,8 @@ def refine_round(k: int, partition: str, base: dict, prev_vector: dict | None, w
     from past.refine import run_round
 
     record = run_round(k, Path(partition), require(base), require(prev_vector) if prev_vector else None,
-                       Path(work_dir), sft_recipe(), grpo_recipe(), judge=_judge(settings()))
+                       Path(work_dir), sft_recipe(), grpo_recipe(), judge=judge_reward_from_settings(settings()))
     return artifact(record["vector"], record=record)
-
-
-def _judge(s):
-    import os
-
-    from past.rewards import JudgeReward
-
-    if not s.judge_base_url:
-        return None
-    return JudgeReward(s.judge_base_url, s.judge_model, os.environ.get(s.api_key_env, "EMPTY"), s.judge_timeout_s,
-                       cache_path=Path(s.home) / "cache" / "judge.jsonl")
 
 
 def grpo_recipe() -> GRPORecipe:
