@@ -67,7 +67,7 @@ import past.rewards  # noqa: E402,F401
 from past.corpus import read_qa_jsonl  # noqa: E402
 from past.grpo import GRPORecipe, read_result, train_grpo  # noqa: E402
 from past.models import MANIFEST, publish_dir, staging_dir, verify_model_dir  # noqa: E402
-from past.refine import orthogonality_summary, refresh_skill  # noqa: E402
+from past.refine import refresh_skill  # noqa: E402
 from past.scoring import score_all  # noqa: E402
 from past.sft import SFTRecipe, run_sft  # noqa: E402
 from past.skill import analyze, inject  # noqa: E402
@@ -228,6 +228,17 @@ def random_like(vector_dir: Path, model_dir: Path, out: Path, lam: float, seed: 
         raise
 
 
+def cosine_summary(report: dict) -> dict:
+    """cos(Δ_SFT_T, v) overall and per layer from `past.skill.analyze`'s report ("other" = embeddings and
+    norms; None where a delta is zero there, e.g. LoRA leaves the embeddings untouched), + the norm ratio."""
+    o = report["overall"]
+    layers = {n: s["cosine"] for n, s in report["layers"].items()}
+    cos = [abs(c) for n, c in layers.items() if n != "other" and c is not None]
+    return {"overall_cosine": o["cosine"], "mean_abs_layer_cosine": sum(cos) / len(cos) if cos else None,
+            "skill_over_knowledge_norm": o["skill_norm"] / o["knowledge_norm"] if o["knowledge_norm"] else None,
+            "per_layer_cosine": layers}
+
+
 def run_seed(seed: int, b: Budget, base: Path, root: Path, dev: bool, arms: set[str], keep_models: bool,
              log: Callable[[str], None]) -> dict:
     sdir = root / f"seed-{seed}"
@@ -274,7 +285,7 @@ def run_seed(seed: int, b: Budget, base: Path, root: Path, dev: bool, arms: set[
         v_K, v_1 = Path(rec["refresh"]["vector"]), Path(rec["refresh"]["rounds"][0]["vector"])
         rl_K = Path(rec["refresh"]["rounds"][-1]["rl"])
         for tag, vec in (("K", v_K), ("1", v_1)):
-            rec[f"cosine_{tag}"] = step(steps / f"cosine_{tag}.json", lambda vec=vec, tag=tag: orthogonality_summary(
+            rec[f"cosine_{tag}"] = step(steps / f"cosine_{tag}.json", lambda vec=vec, tag=tag: cosine_summary(
                 analyze(vec, base, sft_T, _fresh(sdir / f"analysis-{tag}") or sdir / f"analysis-{tag}",
                         progress=False)), log)
     for x in lams:

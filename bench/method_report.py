@@ -166,6 +166,9 @@ def write_report(results: dict, md: Path) -> None:
         "`marginal s`: wall time one more target corpus costs with the arm (target SFT, inject, target GRPO); "
         "`one-off s`: the shared source refresh it needs. λ = 0 is the target-SFT model itself.", "",
         "## Per question kind", "", *kind_table(results), "",
+        "Caveat: a two_fact question names both products, so an answer that repeats both names counts as "
+        "\"contained\" and hence correct under the gate's rule (the base model scores this way); read two_fact "
+        "through exact match and token-F1.", "",
         "## Cost and effect", "",
         f"- target GRPO / PaST marginal wall time: **{r.get('target_grpo_over_past_marginal', math.nan):.2f}×**",
         *[f"- {k.replace('_minus_sft_f1', '')} − target SFT, overall token-F1: {v:+.4f}" for k, v in r.items()
