@@ -20,6 +20,7 @@ SSTAMP := $(SERVE_VENV)/.installed
 ## demo: the main job on embedded defaults: skill refresh (K=2) on a synthetic source domain, then a new
 ## corpus lands in the inbox and watch -> adapt -> vLLM gate -> promote runs; prints the summary.
 demo: $(STAMP) $(SSTAMP)
+	mkdir -p "$(PAST_HOME)/prefect"  # Prefect does not create missing parents of its SQLite database
 	PREFECT_HOME="$(abspath $(PAST_HOME))/prefect" PREFECT_SERVER_ANALYTICS_ENABLED=false \
 	PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS=120 PAST_HOME="$(PAST_HOME)" $(BIN)/python -m flows.demo
 
