@@ -61,7 +61,8 @@ def run(args: argparse.Namespace) -> int:
     s = load_settings()
     home = Path(s.home).resolve()
     logs = home / "logs"
-    logs.mkdir(parents=True, exist_ok=True)
+    for d in (logs, home / "prefect"):  # Prefect does not create missing parents of its SQLite database
+        d.mkdir(parents=True, exist_ok=True)
     api = f"http://127.0.0.1:{args.prefect_port}/api"
     env = env_for(home, api)
     bin_dir = Path(sys.executable).parent
