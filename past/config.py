@@ -55,7 +55,7 @@ class Settings:
                                "(e.g. `--tensor-parallel-size 4` on a GPU node).")
 
     # --- eval gate --------------------------------------------------------------------------------
-    gate_min_accuracy: float = _f(0.2, "Floor on the candidate's new-corpus accuracy (token-F1 ≥ 0.5 or the "
+    gate_min_accuracy: float = _f(0.2, "Floor on the candidate's new-corpus accuracy (token-F1 ≥ 0.6 or the "
                                   "reference contained in the answer counts as correct unless a judge is configured).")
     gate_margin: float = _f(0.0, "Candidate must beat the champion on the new corpus by at least this much.")
     gate_retention_tolerance: float = _f(0.05, "Largest allowed drop in retention accuracy vs the champion.")

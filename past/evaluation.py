@@ -8,8 +8,8 @@ The eval set has three kinds of items, all scored the same way:
 Requests go through `openai.AsyncOpenAI` with bounded concurrency, our own retries with exponential
 backoff (the client's are turned off so the policy is visible here), a per-request timeout and greedy
 decoding. Each answer gets exact match / token-F1 / contains, plus a yes/no judge verdict when a judge
-endpoint is configured (past.judge: the same judge, prompt and verdict cache as the GRPO reward). An item is *correct* when the judge says yes or, without a judge, when token-F1 ≥ 0.5
-or the reference is contained in the answer.
+endpoint is configured (past.judge: the same judge, prompt and verdict cache as the GRPO reward). An item is *correct* when the judge says yes or, without a judge, when token-F1 ≥ 0.6
+or the reference is contained in the answer (`past.scoring.is_correct`).
 
 The gate fails CLOSED: a server that does not start, dies mid-eval, times out or answers garbage beyond
 `gate_max_error_rate` gives a failed decision with the reason - never a pass. Champion scores are cached per
@@ -32,7 +32,7 @@ from typing import Callable, Iterable
 
 from past.errors import PastError
 from past.judge import Judge, judge_from_settings  # noqa: F401 - the gate's judge
-from past.scoring import score_all
+from past.scoring import is_correct, score_all
 
 KINDS = ("new", "retention", "general")
 PROMPT_VERSION = 1  # bump when the request format changes: it is part of the eval-set hash
@@ -181,7 +181,7 @@ async def _ask_one(client, model: str, item: EvalItem, settings, retries: int, b
                 res.error = "judge gave no verdict"
             res.correct = bool(res.judge)
         else:
-            res.correct = res.token_f1 >= 0.5 or res.contains == 1.0
+            res.correct = is_correct(res.answer, item.answer)
     return res
 
 

@@ -2,6 +2,7 @@
 
 SQuAD-style normalisation (lower-case, strip punctuation and articles, collapse spaces), then:
 exact match, token-F1, and "answer contained" (the normalised reference appears inside the prediction).
+`is_correct` is the gate's rule when no judge is configured.
 """
 
 from __future__ import annotations
@@ -9,6 +10,11 @@ from __future__ import annotations
 import re
 import string
 from collections import Counter
+
+# Token-F1 above which a short answer counts as correct. Not 0.5: a wrong number with the right unit
+# ("12 seconds" for "5 seconds") scores exactly 0.5, and a model that learned only the answer format
+# would pass (the method benchmark's first dev run did: 75% "correct", 4% exact match).
+CORRECT_MIN_F1 = 0.6
 
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
 _PUNCT = str.maketrans("", "", string.punctuation)
@@ -47,3 +53,8 @@ def score_all(prediction: str, reference: str) -> dict[str, float]:
         "token_f1": token_f1(prediction, reference),
         "contains": contains(prediction, reference),
     }
+
+
+def is_correct(prediction: str, reference: str) -> bool:
+    """The judge-free correctness rule: token-F1 ≥ CORRECT_MIN_F1 or the reference contained."""
+    return bool(prediction) and (token_f1(prediction, reference) >= CORRECT_MIN_F1 or contains(prediction, reference) == 1.0)

@@ -1,4 +1,4 @@
-from past.scoring import contains, exact_match, normalize, score_all, token_f1
+from past.scoring import contains, exact_match, is_correct, normalize, score_all, token_f1
 
 
 def test_normalize_strips_case_punctuation_articles() -> None:
@@ -17,3 +17,10 @@ def test_contains_is_word_aligned() -> None:
     assert contains("It costs 42 credits.", "42 credits") == 1.0
     assert contains("It costs 142 credits.", "42 credits") == 0.0
     assert score_all("x", "y") == {"exact_match": 0.0, "token_f1": 0.0, "contains": 0.0}
+
+
+def test_is_correct_rejects_the_right_unit_with_the_wrong_number() -> None:
+    assert token_f1("12 seconds", "5 seconds") == 0.5 and not is_correct("12 seconds", "5 seconds")
+    assert is_correct("5", "5 seconds")  # F1 0.67: the value without its unit
+    assert is_correct("Hold it for 5 seconds.", "5 seconds")  # contained
+    assert not is_correct("", "5 seconds") and not is_correct("It costs 250 credits", "240 credits")
