@@ -18,22 +18,26 @@ from prefect import flow
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from tasks.common import settings
-from tasks.corpus import resolve_corpus
+from tasks.corpus import resolve_corpus, resolve_rl_questions
 from tasks.registry import champion_corpus
 from tasks.skill import register_skill_vector
 from tasks.training import base_model, finalize_vector, partition_source, refine_round
 
 
 @flow(name="refresh-skill")
-def refresh_skill(source: str, rounds: int | None = None, regate_model: str | None = None) -> dict:
-    """Iterative skill refinement on `source` (corpus id or folder); registers the new skill vector."""
+def refresh_skill(source: str, rounds: int | None = None, regate_model: str | None = None,
+                  rl_questions: str | None = None) -> dict:
+    """Iterative skill refinement on `source` (corpus id or folder); registers the new skill vector.
+    `rl_questions`: optional JSONL of questions about the source documents for GRPO (else its training QA)."""
     s = settings()
     k_rounds = rounds or s.grpo_rounds
     c = resolve_corpus(source)
+    rl = resolve_rl_questions(rl_questions) if rl_questions else None
     base = base_model()
-    work = Path(s.runs_dir) / f"refresh-{c['corpus_id'][:16]}-K{k_rounds}-seed{s.seed}"
+    work = Path(s.runs_dir) / (f"refresh-{c['corpus_id'][:16]}-K{k_rounds}-seed{s.seed}"
+                               + (f"-rl{rl['sha256'][:8]}" if rl else ""))
 
-    parts = partition_source(c, k_rounds, str(work))
+    parts = partition_source(c, k_rounds, str(work), rl)
     records, prev = [], None
     for k, part in enumerate(parts, 1):
         prev = refine_round(k, part, base, prev, str(work))

@@ -3,12 +3,17 @@
     v_0 = 0
     for k = 1..K:
         θ_sft_k = SFT(θ_base, D_k)                  two-stage: memorize D_k's documents, then its QA
-        θ_rl_k  = GRPO(init = θ_sft_k + v_{k-1}, D_k's training QA)
+        θ_rl_k  = GRPO(init = θ_sft_k + v_{k-1}, D_k's RL questions, else its training QA)
         v_k     = θ_rl_k − θ_sft_k
     ship v_K, with its lineage
 
 Each round starts SFT from the base model (our reading of the authors' code); carrying v_{k-1} into the
 GRPO start is what makes the skill content-invariant: it must keep working on a partition it was not learned on.
+
+RL questions (`rl_qa`, optional): questions about the source documents that SFT never trains on, e.g. other
+phrasings of the QA facts. The authors run RL on questions SFT has not seen; GRPO on the very pairs stage 2
+just fitted mostly re-recites them (identical samples, little reward variance), so the vector it learns is
+"repeat these answers" rather than "use what the documents taught". Without `rl_qa`, GRPO uses the training QA.
 
 Restartability: every artefact of a round lives under `<work>/round-k/` and is published atomically; a
 re-run skips whatever is already there and verified (SFT skips finished stages, GRPO resumes from its last
@@ -19,13 +24,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
-from past.corpus import Corpus, load_corpus, read_qa_jsonl
+from past.corpus import Corpus, QAPair, load_corpus, read_qa_jsonl
 from past.errors import PastError
 from past.grpo import GRPORecipe, read_result, train_grpo
 from past.models import MANIFEST, publish_dir, staging_dir, verify_model_dir
@@ -48,11 +54,22 @@ def _rank(seed: int, key: str) -> str:
     return hashlib.sha256(f"{seed}\x00partition\x00{key}".encode()).hexdigest()
 
 
-def partition_corpus(corpus: Corpus, k: int, dest: Path, seed: int = 0) -> list[Path]:
-    """Split a corpus into K disjoint corpora by document (seeded), each a folder with docs.jsonl + qa.jsonl.
+def rl_qa_file(partition: Path) -> Path:
+    """A partition's RL questions live beside its folder (inside, the corpus loader would read them as documents)."""
+    return partition.with_name(partition.name + ".rl_qa.jsonl")
+
+
+def _jsonl(rows: list[QAPair]) -> str:
+    return "".join(json.dumps({"id": q.id, "question": q.question, "answer": q.answer, "doc_id": q.doc_id},
+                              ensure_ascii=False) + "\n" for q in rows)
+
+
+def partition_corpus(corpus: Corpus, k: int, dest: Path, seed: int = 0, rl_qa: list[QAPair] | None = None) -> list[Path]:
+    """Split a corpus into K disjoint corpora by document (seeded), each a folder with docs.jsonl + qa.jsonl
+    (+ `rl_qa_file(part)` beside it when RL questions are given; rewritten on every call, it is an input).
 
     Documents are ordered by a seeded hash and dealt round-robin, so partitions differ in size by at most one
-    document; a QA pair goes with its document (QA without a doc_id is dealt by its own id).
+    document; a QA pair (or RL question) goes with its document (one without a doc_id is dealt by its own id).
     """
     if k < 1:
         raise RefreshError(f"K must be ≥ 1, got {k}")
@@ -60,22 +77,38 @@ def partition_corpus(corpus: Corpus, k: int, dest: Path, seed: int = 0) -> list[
         raise RefreshError(f"{corpus.root}: {len(corpus.documents)} documents cannot make {k} disjoint partitions")
     order = sorted(corpus.documents, key=lambda d: _rank(seed, d.id))
     owner = {d.id: i % k for i, d in enumerate(order)}
-    paths = []
-    for i in range(k):
-        final = Path(dest) / f"part-{i + 1}"
-        docs = [d for d in order if owner[d.id] == i]
-        qa = [q for q in corpus.qa
-              if (owner.get(q.doc_id) if q.doc_id is not None else int(_rank(seed, q.id), 16) % k) == i]
+    unknown = sorted({q.doc_id for q in rl_qa or [] if q.doc_id is not None and q.doc_id not in owner})
+    if unknown:
+        raise RefreshError(f"RL questions name documents that {corpus.root} does not have: {unknown[:5]}")
+
+    def part_of(q: QAPair) -> int:
+        return owner[q.doc_id] if q.doc_id is not None else int(_rank(seed, q.id), 16) % k
+
+    parts = [([d for d in order if owner[d.id] == i], [q for q in corpus.qa if part_of(q) == i],
+              [q for q in rl_qa or [] if part_of(q) == i]) for i in range(k)]
+    for i, (_, qa, rl) in enumerate(parts, 1):  # all checks before anything is written
         if not qa:
-            raise RefreshError(f"partition {i + 1} of {corpus.root} has no QA pairs; add QA to more documents")
+            raise RefreshError(f"partition {i} of {corpus.root} has no QA pairs; add QA to more documents")
+        if rl_qa is not None and not rl:
+            raise RefreshError(f"partition {i} of {corpus.root} has no RL questions; add some for more documents")
+    paths = []
+    for i, (docs, qa, rl) in enumerate(parts):
+        final = Path(dest) / f"part-{i + 1}"
+        rl_path = rl_qa_file(final)
+        if rl:
+            rl_path.parent.mkdir(parents=True, exist_ok=True)
+            tmp_rl = rl_path.with_name(f".{rl_path.name}.tmp")
+            tmp_rl.write_text(_jsonl(rl))
+            os.replace(tmp_rl, rl_path)
+        else:
+            rl_path.unlink(missing_ok=True)
         if final.exists():  # written by an earlier (interrupted) run: content is a function of (corpus, k, seed)
             paths.append(final)
             continue
         tmp = staging_dir(final)
         (tmp / "docs.jsonl").write_text("".join(json.dumps({"id": d.id, "title": d.title, "text": d.text},
                                                            ensure_ascii=False) + "\n" for d in docs))
-        (tmp / "qa.jsonl").write_text("".join(json.dumps({"id": q.id, "question": q.question, "answer": q.answer,
-                                                          "doc_id": q.doc_id}, ensure_ascii=False) + "\n" for q in qa))
+        (tmp / "qa.jsonl").write_text(_jsonl(qa))
         paths.append(publish_dir(tmp, final))
     return paths
 
@@ -104,8 +137,10 @@ def run_round(k: int, partition: Path, base_model: Path, prev_vector: Path | Non
     log(f"round {k}: SFT of the base model on {partition.name}")
     sft_dir = rd / "sft"
     sft_metrics = run_sft(partition, sft_dir, base_model, sft_recipe, work_dir=rd / "sft-work", progress=True)
+    rl_file = rl_qa_file(Path(partition))
+    grpo_questions = "rl_qa" if rl_file.is_file() else "train split"
     train_qa = [{"question": q.question, "answer": q.answer}
-                for q in read_qa_jsonl(rd / "sft-work" / "splits" / "train.jsonl")]
+                for q in read_qa_jsonl(rl_file if rl_file.is_file() else rd / "sft-work" / "splits" / "train.jsonl")]
     phases["sft_s"] = time.monotonic() - t_round
 
     if prev_vector is None:
@@ -121,7 +156,7 @@ def run_round(k: int, partition: Path, base_model: Path, prev_vector: Path | Non
     rl_dir = rd / "rl"
     if not _verified(rl_dir):
         shutil.rmtree(rl_dir, ignore_errors=True)
-        log(f"round {k}: GRPO on {len(train_qa)} QA pairs from {init.name}")
+        log(f"round {k}: GRPO on {len(train_qa)} questions ({grpo_questions}) from {init.name}")
         train_grpo(init, train_qa, rl_dir, grpo_recipe, work_dir=rd / "grpo-work", judge=judge,
                    extra_rewards=extra_rewards)
     grpo = read_result(rl_dir)
@@ -139,7 +174,7 @@ def run_round(k: int, partition: Path, base_model: Path, prev_vector: Path | Non
         "round": k, "partition": partition.name, "partition_corpus_id": load_corpus(partition).id,
         "init": "sft" if prev_vector is None else "sft+v_prev", "sft": _slim_sft(sft_metrics),
         "grpo": {key: grpo[key] for key in ("steps", "reward_curve", "reward_std_curve", "per_reward_curves",
-                                             "judge", "wall_s")},
+                                             "judge", "wall_s")} | {"questions": grpo_questions, "n_questions": len(train_qa)},
         "orthogonality": orthogonality_summary(report) | {"report_dir": str(ortho_dir)},
         "vector": str(vec), "rl": str(rl_dir), "sft_dir": str(sft_dir),
         "wall_s": round(time.monotonic() - t_round, 2), "phases": {p: round(s, 2) for p, s in phases.items()},
@@ -204,8 +239,10 @@ def refresh_skill(
     extra_rewards: list[Callable] | None = None,
     seed: int = 0,
     log: Callable[[str], None] = print,
+    rl_qa: Path | None = None,
 ) -> RefreshResult:
-    """Run (or resume) the K-round refinement on `source`; the final vector v_K lands at `out_dir`."""
+    """Run (or resume) the K-round refinement on `source`; the final vector v_K lands at `out_dir`.
+    `rl_qa`: optional JSONL of RL questions about the source documents (question, answer, doc_id)."""
     out_dir, work = Path(out_dir), Path(work_dir)
     if out_dir.exists():
         raise RefreshError(f"output folder {out_dir} already exists")
@@ -218,7 +255,7 @@ def refresh_skill(
         raise RefreshError(f"{source}: {len(corpus.documents)} documents cannot make {rounds} disjoint partitions")
     work.mkdir(parents=True, exist_ok=True)
     t0 = time.monotonic()
-    parts = partition_corpus(corpus, rounds, work / "partitions", seed)
+    parts = partition_corpus(corpus, rounds, work / "partitions", seed, read_qa_jsonl(rl_qa) if rl_qa else None)
 
     records: list[dict] = []
     prev_vector: Path | None = None

@@ -7,7 +7,8 @@ from pathlib import Path
 from prefect import task
 
 from past import inbox
-from past.corpus import CorpusError, load_corpus, validate
+from past.corpus import CorpusError, load_corpus, read_qa_jsonl, validate
+from past.models import sha256_file
 from tasks.common import settings
 
 
@@ -52,3 +53,10 @@ def corpora_between(start: float | None = None, end: float | None = None) -> lis
     s = settings()
     return [r["corpus_id"] for r in inbox.all_ledger(Path(s.home))
             if (start is None or r.get("arrived", 0) >= start) and (end is None or r.get("arrived", 0) < end)]
+
+
+@task
+def resolve_rl_questions(path: str) -> dict:
+    """A JSONL of RL questions (question, answer, doc_id) -> checked manifest keyed by its content hash."""
+    qa = read_qa_jsonl(Path(path))  # CorpusError with every bad line: deterministic, no retry
+    return {"path": str(Path(path).resolve()), "sha256": sha256_file(Path(path)), "questions": len(qa)}

@@ -65,12 +65,13 @@ def grpo_recipe() -> GRPORecipe:
 
 
 @task(cache_policy=CACHED, persist_result=True)
-def partition_source(corpus: dict, k: int, work_dir: str) -> list[str]:
-    """K disjoint partitions of the source corpus, by document (seeded)."""
-    from past.corpus import load_corpus
+def partition_source(corpus: dict, k: int, work_dir: str, rl_questions: dict | None = None) -> list[str]:
+    """K disjoint partitions of the source corpus (and of its RL questions), by document (seeded)."""
+    from past.corpus import load_corpus, read_qa_jsonl
     from past.refine import partition_corpus
 
-    parts = partition_corpus(load_corpus(Path(corpus["path"])), k, Path(work_dir) / "partitions", settings().seed)
+    rl = read_qa_jsonl(Path(rl_questions["path"])) if rl_questions else None
+    parts = partition_corpus(load_corpus(Path(corpus["path"])), k, Path(work_dir) / "partitions", settings().seed, rl)
     return [str(p) for p in parts]
 
 

@@ -180,3 +180,8 @@ def test_refresh_skill_flow_registers_current_vector_with_lineage(harness, env, 
     again = refresh_skill(str(source), rounds=2)  # cached: nothing retrained, nothing registered twice
     assert again["path"] == out["path"] and again["skill_vector_version"] == out["skill_vector_version"]
     assert len(reg.client.search_model_versions("name='past-skill-vector'")) == 1
+    bad = tmp_path / "rl.jsonl"
+    bad.write_text('{"question": "How much?", "answer": "10 credits", "doc_id": "d9"}\nnot json\n')
+    with pytest.raises(Exception, match="rl.jsonl"):  # checked before any training; nothing registered
+        refresh_skill(str(source), rounds=2, rl_questions=str(bad))
+    assert len(reg.client.search_model_versions("name='past-skill-vector'")) == 1

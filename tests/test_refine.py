@@ -11,7 +11,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 import past.refine as refine
-from past.corpus import load_corpus
+from past.corpus import load_corpus, read_qa_jsonl
 from past.grpo import GRPORecipe
 from past.refine import RefreshError, partition_corpus, refresh_skill
 from past.sft import SFTRecipe
@@ -48,6 +48,33 @@ def test_partitions_are_disjoint_deterministic_and_complete(tmp_path: Path) -> N
     assert [load_corpus(p).id for p in parts] == [load_corpus(p).id for p in again]
     with pytest.raises(RefreshError, match="cannot make"):
         partition_corpus(corpus, 6, tmp_path / "p3")
+
+
+def rl_questions(path: Path, n_docs: int = 4, doc_ids: list[str] | None = None) -> Path:
+    rows = [{"question": f"What is the price of gadget {i}?", "answer": f"{10 + i} credits", "doc_id": d}
+            for i, d in enumerate(doc_ids or [f"doc{i}" for i in range(n_docs)])]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_rl_questions_follow_their_documents_and_bad_ones_write_nothing(tmp_path: Path) -> None:
+    from past.refine import rl_qa_file
+
+    corpus = load_corpus(make_source(tmp_path / "src", 5))
+    rl = read_qa_jsonl(rl_questions(tmp_path / "rl.jsonl", 5))
+    parts = partition_corpus(corpus, 2, tmp_path / "p", seed=3, rl_qa=rl)
+    for p in parts:
+        docs = {d.id for d in load_corpus(p).documents}
+        rows = read_qa_jsonl(rl_qa_file(p))
+        assert rows and {q.doc_id for q in rows} <= docs, "an RL question goes with its document"
+    assert sum(len(read_qa_jsonl(rl_qa_file(p))) for p in parts) == 5
+    with pytest.raises(RefreshError, match="does not have"):
+        partition_corpus(corpus, 2, tmp_path / "q", rl_qa=read_qa_jsonl(rl_questions(tmp_path / "bad.jsonl", doc_ids=["nope"])))
+    with pytest.raises(RefreshError, match="no RL questions"):  # all on one document: one partition gets none
+        partition_corpus(corpus, 2, tmp_path / "q", rl_qa=read_qa_jsonl(rl_questions(tmp_path / "one.jsonl", doc_ids=["doc0"])))
+    assert not (tmp_path / "q").exists(), "checked before anything is written"
+    partition_corpus(corpus, 2, tmp_path / "p", seed=3)  # re-partitioned without RL questions: none left behind
+    assert not any(rl_qa_file(p).exists() for p in parts)
 
 
 def test_refresh_k2_round2_starts_from_sft2_plus_v1_and_records_lineage(tiny_model_dir: Path, tmp_path: Path) -> None:
@@ -117,6 +144,12 @@ def test_round_records_orthogonality_and_phases(tiny_model_dir: Path, tmp_path: 
     assert 0.0 <= o["mean_abs_layer_cosine"] <= o["max_abs_layer_cosine"] <= 1.0
     assert {"layer 000", "layer 001"} <= set(rec["orthogonality"]["per_layer"]) and o["skill_over_knowledge_norm"] > 0
     assert set(rec["phases"]) == {"sft_s", "inject_s", "grpo_s", "extract_analyze_s"}
+    assert rec["grpo"]["questions"] == "train split"
+
+    part = partition_corpus(load_corpus(src), 1, tmp_path / "p2", rl_qa=read_qa_jsonl(rl_questions(tmp_path / "rl.jsonl")))[0]
+    rec = refine.run_round(1, part, tiny_model_dir, None, tmp_path / "work2", SFT, GRPO, extra_rewards=[length_reward],
+                           log=lambda m: None)
+    assert rec["grpo"]["questions"] == "rl_qa" and rec["grpo"]["n_questions"] == 4
 
 
 def test_cli_refresh_runs_rounds_and_fails_cleanly(tiny_model_dir: Path, tmp_path: Path, capsys) -> None:
@@ -126,12 +159,18 @@ def test_cli_refresh_runs_rounds_and_fails_cleanly(tiny_model_dir: Path, tmp_pat
     out = tmp_path / "vec"
     budgets = ["--base", str(tiny_model_dir), "--grpo-steps", "1", "--generations", "2", "--prompts-per-step", "1",
                "--completion-length", "4", "--sft-steps-memorize", "1", "--sft-steps-qa", "1", "--no-judge"]
-    assert main(["skill", "refresh", str(src), "--rounds", "2", "--out", str(out), *budgets]) == 0
+    rl = rl_questions(tmp_path / "rl.jsonl")
+    assert main(["skill", "refresh", str(src), "--rounds", "2", "--out", str(out), "--rl-qa", str(rl), *budgets]) == 0
     text = capsys.readouterr().out
     assert "round 1: done" in text and "round 2: done" in text and f"skill vector v_2: {out}" in text
+    assert "(rl_qa)" in text, "GRPO trained on the given RL questions"
     assert json.loads((out / "skill.json").read_text())["lineage"]["rounds"] == 2
     assert main(["skill", "refresh", str(src), "--rounds", "2", "--out", str(out), *budgets]) == 2
     assert main(["skill", "refresh", str(src), "--rounds", "9", "--out", str(tmp_path / "v9"), *budgets]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("error: ") and "cannot make 9 disjoint partitions" in err[-1]
     assert not (tmp_path / "v9").exists()
+    (tmp_path / "bad.jsonl").write_text('{"question": "no answer"}\n')
+    assert main(["skill", "refresh", str(src), "--out", str(tmp_path / "vb"), "--rl-qa", str(tmp_path / "bad.jsonl"),
+                 *budgets]) == 2
+    assert "answer" in capsys.readouterr().err and not (tmp_path / "vb").exists()

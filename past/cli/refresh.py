@@ -16,7 +16,7 @@ def register_refresh(ssub: argparse._SubParsersAction) -> None:
     p = ssub.add_parser(
         "refresh", help="learn a skill vector by GRPO over K disjoint partitions of a source corpus",
         description="v_0 = 0; for round k = 1..K: two-stage SFT of the base model on partition D_k gives θ_sft_k, "
-        "GRPO from θ_sft_k + v_{k-1} on D_k's training QA gives θ_rl_k, v_k = θ_rl_k − θ_sft_k. Writes v_K with "
+        "GRPO from θ_sft_k + v_{k-1} on D_k's RL questions (--rl-qa) or training QA gives θ_rl_k, v_k = θ_rl_k − θ_sft_k. Writes v_K with "
         "its lineage (partitions, reward curves, GRPO config, orthogonality report) to --out. Re-running the "
         "same command resumes where it stopped.")
     p.add_argument("source", type=Path, metavar="SOURCE_CORPUS", help="source corpus folder or archive (with QA)")
@@ -27,6 +27,9 @@ def register_refresh(ssub: argparse._SubParsersAction) -> None:
                    "keep it to resume, delete it once the vector is published")
     p.add_argument("--base", default=None, help="base model name or folder (default: base_model setting)")
     p.add_argument("--seed", type=int, default=None, help="seed of partitions, splits and training (default: seed setting)")
+    p.add_argument("--rl-qa", type=Path, default=None, metavar="JSONL",
+                   help="questions about the source documents for GRPO (question, answer, doc_id), e.g. other phrasings "
+                   "of the QA facts that SFT never trains on; default: each partition's training QA")
     p.add_argument("--no-judge", action="store_true", help="rule rewards only, even if judge_base_url is set")
     p.add_argument("--json", type=Path, default=None, help="also write the per-round records to this JSON file")
     g = p.add_argument_group("GRPO (defaults: grpo_* settings, then past.grpo.GRPORecipe)")
@@ -102,7 +105,7 @@ def run_refresh(args: argparse.Namespace) -> int:
 
     with opened_corpus(args.source) as root:
         res = refresh_skill(root, args.out, base, rounds, work, sft_recipe, grpo_recipe, judge=judge, seed=seed,
-                            log=log)
+                            log=log, rl_qa=args.rl_qa)
     if args.json:
         args.json.write_text(json.dumps({"vector": str(res.vector_dir), "wall_s": res.wall_s,
                                          "rounds": res.rounds}, indent=2) + "\n")
