@@ -73,10 +73,17 @@ $(MERGEKIT_VENV)/bin/mergekit-yaml:
 bench-skill: $(STAMP) $(MERGEKIT_VENV)/bin/mergekit-yaml
 	flock -x /tmp/past-cpu.lock $(BIN)/python bench/skill_inject.py --mergekit-python $(MERGEKIT_VENV)/bin/python
 
-## bench-method: the method table (docs/RESULTS.md) on SmolLM2, 3 seeds, ~75-90 min on 2 cores; resumes if rerun
+## bench-method: the method table (docs/RESULTS.md) on SmolLM2: two dev runs on source-like data (GRPO on
+## paraphrase vs training questions, ~10 min each) pick the design and λ, then 3 seeds take their settings
+## from the better one (~65 min on 2 cores); every run resumes if rerun
 SEEDS ?= 0 1 2
+DEV = .past/bench/method-dev
 bench-method: $(STAMP)
-	flock -x /tmp/past-cpu.lock $(BIN)/python bench/method.py --seeds $(SEEDS)
+	test -f $(DEV)/results.json || flock -x /tmp/past-cpu.lock $(BIN)/python bench/method.py --dev --seeds 0 --out $(DEV)
+	test -f $(DEV)-rl-train/results.json || flock -x /tmp/past-cpu.lock $(BIN)/python bench/method.py --dev --seeds 0 \
+		--rl-questions train --out $(DEV)-rl-train
+	flock -x /tmp/past-cpu.lock $(BIN)/python bench/method.py --seeds $(SEEDS) \
+		--settings-from $(DEV)/results.json $(DEV)-rl-train/results.json
 
 doctor: $(STAMP)
 	$(BIN)/past doctor

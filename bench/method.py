@@ -1,20 +1,22 @@
 """Method benchmark: the PaST paper's comparison, in miniature, on SmolLM2-135M and synthetic support domains.
 
-    flock -x /tmp/past-cpu.lock .venv/bin/python bench/method.py --seeds 0 1 2      # = make bench-method
-    flock -x /tmp/past-cpu.lock .venv/bin/python bench/method.py --dev --seeds 0    # choose settings (dev)
+    make bench-method    # = two dev runs (GRPO questions: source paraphrases / training QA), then 3 seeds
+                         #   with the design and λ of the better dev run (--settings-from A.json B.json)
 
 Per seed, `past.synthetic.make_domains(seed)` gives a source domain S and a target domain T (no shared
 entities). Arms, all scored on T's held-out questions (paraphrase, doc_only, two_fact) with greedy chat
-answers, EM / token-F1 / contains and the gate's correctness rule (token-F1 ≥ 0.5 or reference contained):
+answers, EM / token-F1 / contains and the gate's correctness rule (`past.scoring.is_correct`: token-F1 ≥ 0.6 or
+reference contained; a two_fact answer that also names the other product is wrong):
 
     base           the base model
     sft            θ_sft_T: two-stage LoRA SFT on T (documents + rewrites, then the train split of T's QA)
-    past           θ_sft_T + λ·v_K (K=2 refresh on S; λ = --lam, the authors' 1 unless a dev run chose one)
+    past           θ_sft_T + λ·v_K (K=2 refresh on S, GRPO on S's paraphrase questions, which SFT never sees;
+                   λ = --lam, the authors' 1 unless a dev run chose one)
     k1             θ_sft_T + λ·v_1: single-round skill (round 1 of the same refresh, i.e. partition D_1 only)
     pre_injection  SFT on T starting from θ_base + λ·v_K
     sequential     SFT on T starting from θ_rl_K (the refresh's last source SFT + GRPO model)
     random         θ_sft_T + r, r random with ‖r_t‖ = λ·‖v_K,t‖ for every tensor t (control)
-    target_grpo    GRPO on T's train QA from θ_sft_T (the costly upper bound)
+    target_grpo    GRPO on T's train QA from θ_sft_T (the costly upper bound; T's paraphrases are held out)
     lam=x          θ_sft_T + x·v_K for every x in --lams (λ = 0 is θ_sft_T itself, not re-evaluated)
 
 Reuse: one refresh per seed gives v_1, v_K and θ_rl_K (arms past, k1, sequential, pre_injection, random and
@@ -30,18 +32,16 @@ inside a step). Model folders of a finished seed are deleted unless --keep-model
 Settings are never chosen on the held-out target questions: `--dev` runs the same pipeline on a source-like
 domain drawn from seed 10_000+S and cut in two (`split_domain`), so no target question is ever generated;
 its output records the λ with the best dev accuracy, and a final run takes settings only from the command
-line or from such a dev JSON (`--settings-from`). The final run never selects anything by its scores.
+line or from the best of such dev JSONs (`--settings-from`). The final run never selects anything by its scores.
 
-Sizing (defaults; 2 cores; per-token/step costs from docs/BENCHMARKS.md and this script's smoke run:
-two-stage SFT ~100 s at 4×(8×512) + 6 QA steps, GRPO 14–16 s/step at 8 prompts × 4 generations (bench/refresh.py,
-so ~8–9 s at 4 prompts), greedy eval 0.23 s per question with all 56 in one batch × 64 new tokens (base model,
-which always runs to 64 tokens; 0.55 s/question at batch 16), ~2–5 s per inject):
-  T = 8 products × (article + 2 rewrites) ≈ 2.1k tokens/epoch; stage 1 = 8 steps at 8 × 256 ≈ 16k tokens
-  ≈ 120 s; stage 2 = 8 steps × 8 QA ≈ 4k tokens ≈ 35 s  → one target SFT ≈ 170 s incl. load/merge/save;
-  3 target SFTs (sft, pre_injection, sequential) ≈ 510 s; 2 source-partition SFTs (same step caps) ≈ 340 s;
-  GRPO 3 × 12 steps (2 refresh rounds + target) ≈ 330 s + loads/saves ≈ 390 s; 13 evaluations × 56 questions
-  ≤ 13 × 15 s ≈ 200 s; ~8 injects + random + 2 analyses ≈ 60 s → ≈ 1500 s ≈ 25 min per seed, ≈ 75 min for
-  3 seeds. vLLM was not used: the gate benchmark's 3.3 questions/s plus ~30 s start-up per model loses to
+Sizing (defaults; 2 cores; measured in the dev probes of 2026-11-28, see docs/RESULTS.md):
+  T = 8 products × (article + 2 rewrites) ≈ 2.1k tokens/epoch. One two-stage SFT = 4 memorize steps at
+  8 × 256 tokens (~60 s) + 24 QA steps of 8 pairs (~40 s) ≈ 115 s incl. load/merge/save. Stage 2 at 8 steps
+  taught only the answer format ("12 seconds" for every reset question: 6 % exact match) and 8 memorize steps
+  scored the same as 4, hence 4 + 24. Per seed: 5 SFTs (sft, pre_injection, sequential, 2 source partitions)
+  ≈ 575 s; GRPO 3 × 16 steps × ~9 s (4 prompts × 4 generations) + loads/saves ≈ 500 s; ~12 evaluations of
+  56 questions ≈ 120 s; ~9 injects + random + 2 analyses ≈ 100 s → ≈ 22 min per seed, ≈ 65 min for 3 seeds.
+  vLLM was not used: the gate benchmark's 3.3 questions/s plus ~30 s start-up per model loses to
   4.3 questions/s of one batched generate with no start-up.
 """
 
@@ -68,7 +68,7 @@ from past.corpus import read_qa_jsonl  # noqa: E402
 from past.grpo import GRPORecipe, read_result, train_grpo  # noqa: E402
 from past.models import MANIFEST, publish_dir, staging_dir, verify_model_dir  # noqa: E402
 from past.refine import refresh_skill  # noqa: E402
-from past.scoring import score_all  # noqa: E402
+from past.scoring import contains, is_correct, score_all  # noqa: E402
 from past.sft import SFTRecipe, run_sft  # noqa: E402
 from past.skill import analyze, inject  # noqa: E402
 from past.synthetic import make_domains, split_domain, write_corpus, write_heldout  # noqa: E402
@@ -89,14 +89,16 @@ class Budget:
     n_target: int = _f(8, "Target products; held-out questions = 4 paraphrase + 2 doc_only + ~1 two_fact each.")
     rewrites: int = _f(2, "Rewrites per article in stage 1 (facts need several phrasings to become extractable).")
     eval_fraction: float = _f(0.5, "Share of products whose training QA stage 2 never sees (keeps SFT off the ceiling).")
-    sft_steps_memorize: int = _f(8, "Stage 1 (memorize) optimizer steps per SFT.")
-    sft_steps_qa: int = _f(8, "Stage 2 (QA) optimizer steps per SFT.")
+    sft_steps_memorize: int = _f(4, "Stage 1 (memorize) optimizer steps per SFT (dev: 8 steps gave the same scores as 4).")
+    sft_steps_qa: int = _f(24, "Stage 2 (QA) optimizer steps per SFT (dev: 8 learned only the answer format).")
     sft_lr: float = _f(1e-3, "LoRA learning rate of both SFT stages.")
     sft_lora_r: int = _f(16, "LoRA rank (alpha = 2r).")
     sft_batch: int = _f(8, "SFT batch size (stage 1: packed blocks; stage 2: QA pairs).")
     sft_max_length: int = _f(256, "Tokens per packed block / QA example.")
     rounds: int = _f(2, "K of the skill refresh (K=1 arm = its first round).")
-    grpo_steps: int = _f(12, "GRPO steps per refresh round and for the target-GRPO arm.")
+    rl_questions: str = _f("paraphrase", "Source questions the refresh's GRPO trains on: 'paraphrase' (other phrasings "
+                           "of the source QA facts, never SFT-trained; passed as rl_qa) or 'train' (the SFT training QA).")
+    grpo_steps: int = _f(16, "GRPO steps per refresh round and for the target-GRPO arm.")
     grpo_prompts: int = _f(4, "Questions per GRPO step.")
     grpo_generations: int = _f(4, "GRPO group size.")
     grpo_completion: int = _f(16, "Max tokens per GRPO completion.")
@@ -177,12 +179,13 @@ def generate_answers(model_dir: Path, questions: list[str], max_new_tokens: int,
 
 def score_items(items: list[dict], answers: list[str]) -> dict:
     """Per-item scores and per-kind / overall summaries. `correct` is the gate's rule without a judge
-    (past/evaluation.py): token-F1 ≥ 0.5 or the reference contained; an empty answer scores 0 (gate: error)."""
+    (`is_correct`), except that a comparison answer naming both products is wrong: "contains" alone would credit
+    "The A costs 10, the B costs 20" whichever is right. An empty answer scores 0 (gate: error)."""
     rows = []
     for it, ans in zip(items, answers):
         s = score_all(ans, it["answer"]) if ans else {"exact_match": 0.0, "token_f1": 0.0, "contains": 0.0}
         rows.append({"id": it["id"], "kind": it["kind"], "answer": ans, "reference": it["answer"], **s,
-                     "correct": float(bool(ans) and (s["token_f1"] >= 0.5 or s["contains"] == 1.0)),
+                     "correct": float(is_correct(ans, it["answer"]) and not contains(ans, it.get("distractor") or "")),
                      "words": len(ans.split())})
     summary = {k: _summarize([r for r in rows if r["kind"] == k]) for k in KINDS}
     summary["overall"] = _summarize(rows)
@@ -276,8 +279,15 @@ def run_seed(seed: int, b: Budget, base: Path, root: Path, dev: bool, arms: set[
     if need("past", "k1", "pre_injection", "sequential", "random") or sweep & arms:
         def refresh() -> dict:
             _fresh(work / "vector")
+            rl_qa = None
+            if b.rl_questions == "paraphrase":  # source-domain questions only; the target's are never used
+                rl_qa = work / "corpora" / "source-rl_qa.jsonl"
+                rl_qa.write_text("".join(json.dumps({k: r[k] for k in ("question", "answer", "doc_id")}) + "\n"
+                                         for r in source.qa["paraphrase"]))
+            elif b.rl_questions != "train":
+                raise SystemExit(f"error: --rl-questions must be 'paraphrase' or 'train', not {b.rl_questions!r}")
             r = refresh_skill(src_c, work / "vector", base, b.rounds, work / "refresh", sft_recipe, grpo_recipe,
-                              seed=seed, log=log)
+                              seed=seed, log=log, rl_qa=rl_qa)
             return {"vector": str(r.vector_dir), "rounds": [{k: x[k] for k in ("round", "wall_s", "phases", "grpo",
                                                                                "orthogonality", "vector", "rl")}
                                                            for x in r.rounds]}
@@ -365,12 +375,30 @@ def _slim(m: dict) -> dict:
 
 
 # --- CLI ---------------------------------------------------------------------------------------------------
+def settings_from_dev(paths: list[Path]) -> tuple[Budget, str]:
+    """The budget + λ of the dev run with the best dev accuracy (ties: the first given), and a provenance line."""
+    runs = []
+    for p in paths:
+        dev = json.loads(Path(p).read_text())
+        if not dev.get("dev"):
+            raise SystemExit(f"error: {p} is not a dev run's results (settings must come from dev data)")
+        budget = {"rl_questions": "train"} | dev["budget"]  # runs older than the option trained on the train split
+        runs.append((p, budget, dev["dev_choice"]))
+    best = max(runs, key=lambda r: r[2]["dev_accuracy"])  # max keeps the first of equal keys
+    p, budget, choice = best
+    b = Budget(**{k: tuple(v) if isinstance(v, list) else v for k, v in budget.items()})
+    b.lam = choice["lam"]
+    others = "; ".join(f"{q}: rl_questions={bd['rl_questions']}, λ={c['lam']:g}, dev accuracy {c['dev_accuracy']:.3f}"
+                       for q, bd, c in runs)
+    return b, f"dev run {p} (best dev accuracy {choice['dev_accuracy']:.3f} at λ = {b.lam:g}; candidates: {others})"
+
+
 def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds (one full pipeline each)")
     ap.add_argument("--dev", action="store_true", help="tune on a split source-like domain; never touches targets")
-    ap.add_argument("--settings-from", type=Path, default=None,
-                    help="a dev run's results JSON: take its budget and its chosen λ (dev accuracy)")
+    ap.add_argument("--settings-from", type=Path, nargs="+", default=None,
+                    help="dev runs' results JSONs: take the budget and chosen λ of the one with the best dev accuracy")
     ap.add_argument("--arms", nargs="+", default=None,
                     help=f"subset of arms (default: all; dev default: base sft + the λ sweep): {' '.join(FIXED_ARMS)} lam=X")
     ap.add_argument("--base", type=Path, default=BASE, help="base model folder (a tiny model for a smoke run)")
@@ -398,12 +426,7 @@ def run(argv: list[str] | None = None) -> dict:
     if args.settings_from:
         if args.dev:
             raise SystemExit("error: --settings-from is for the final run, not --dev")
-        dev = json.loads(args.settings_from.read_text())
-        if not dev.get("dev"):
-            raise SystemExit(f"error: {args.settings_from} is not a dev run's results (settings must come from dev data)")
-        b = Budget(**{k: tuple(v) if isinstance(v, list) else v for k, v in dev["budget"].items()})
-        b.lam = dev["dev_choice"]["lam"]
-        provenance = f"dev run {args.settings_from} (λ = {b.lam:g}, best dev accuracy)"
+        b, provenance = settings_from_dev(args.settings_from)
     b.lams = tuple(sorted(set(b.lams)))
     if b.lam not in b.lams:
         b.lams = tuple(sorted(set(b.lams) | {b.lam}))

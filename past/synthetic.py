@@ -7,7 +7,7 @@ with random values. From it we write:
   a small model only makes a fact extractable after seeing it in several phrasings;
 - QA, in four kinds: `train` (the training phrasing, for a subset of attributes), `paraphrase` (the same
   facts asked differently: held out), `doc_only` (attributes that appear only in documents, never as QA:
-  held out), `two_fact` (compare two products: held out).
+  held out), `two_fact` (compare two products: held out; `distractor` names the wrong one).
 
 Source and target domains draw product names from one pool without replacement, so they share no entities.
 Everything is a pure function of the seed.
@@ -113,7 +113,8 @@ def domain_from_products(name: str, products: dict[str, dict[str, str]]) -> Doma
         px, py = (int(products[n]["price"].split()[0]) for n in (x, y))
         if px != py:
             q["two_fact"].append({"question": f"Which costs more, the {x} or the {y}?",
-                                  "answer": x if px > py else y, "doc_id": None})
+                                  "answer": x if px > py else y, "doc_id": None,
+                                  "distractor": y if px > py else x})
     for kind, rows in q.items():
         for i, r in enumerate(rows):
             r["id"] = f"{name}-{kind}-{i}"

@@ -65,11 +65,15 @@ def test_all_arms_schema_resume_and_report(tiny_model_dir: Path, tmp_path: Path,
 
     text = md.read_text()
     assert "target SFT only" in text and "flock -x" in text and (md.parent / "results-lambda.png").is_file()
+    assert "paired by seed" in text and "| refresh round 2 | 1 |" in text and "| target GRPO | 1 |" in text
     assert json.loads((out / "results.json").read_text())["seeds"][0]["arms"].keys() == arms.keys()
 
-    # a rerun resumes: every step and evaluation is read back, nothing retrained (same answers, same walls)
+    # a rerun resumes: every step and evaluation is read back, nothing retrained (same answers, same walls);
+    # hand-written notes below the marker survive the re-render
+    md.write_text(md.read_text() + "\n## Reading\nnotes kept\n")
     again = method.run(argv)
     assert again["seeds"][0]["arms"] == arms
+    assert md.read_text().count("notes kept") == 1 and md.read_text().count("target SFT only") == text.count("target SFT only")
 
 
 def test_dev_mode_never_builds_the_target_domain_and_refuses_to_publish(tiny_model_dir: Path, tmp_path: Path,
@@ -90,3 +94,14 @@ def test_dev_mode_never_builds_the_target_domain_and_refuses_to_publish(tiny_mod
         fake = tmp_path / "final.json"
         fake.write_text(json.dumps(res | {"dev": False}))
         method.run(["--settings-from", str(fake), "--base", str(tiny_model_dir), "--out", str(tmp_path / "x")])
+
+
+def test_scoring_rejects_format_only_and_both_names_answers() -> None:
+    items = [{"id": "a", "kind": "paraphrase", "answer": "5 seconds"},
+             {"id": "b", "kind": "two_fact", "answer": "Zorvex Lamp", "distractor": "Belmo Hub"},
+             {"id": "c", "kind": "two_fact", "answer": "Zorvex Lamp", "distractor": "Belmo Hub"},
+             {"id": "d", "kind": "doc_only", "answer": "Orrin"}]
+    answers = ["12 seconds", "The Zorvex Lamp costs 10 credits and the Belmo Hub 20.", "The Zorvex Lamp.", ""]
+    rows = method.score_items(items, answers)["items"]
+    assert [r["correct"] for r in rows] == [0.0, 0.0, 1.0, 0.0]
+    assert rows[1]["contains"] == 1.0, "contains still reports the raw containment"

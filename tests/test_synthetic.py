@@ -45,3 +45,11 @@ def test_split_domain_gives_disjoint_domains_with_all_qa_kinds() -> None:
     assert all(len(b.qa[k]) > 0 for k in ("train", "paraphrase", "doc_only", "two_fact"))
     assert all(r["id"].startswith("dev-target-") for r in b.qa["paraphrase"])
     assert make_domains(seed=0, n_source=9)[0].qa == s.qa, "make_domain output unchanged by the refactor"
+
+
+def test_two_fact_questions_name_the_wrong_product_as_distractor() -> None:
+    s, _ = make_domains(seed=0)
+    for r in s.qa["two_fact"]:
+        price = {p: int(s.products[p]["price"].split()[0]) for p in (r["answer"], r["distractor"])}
+        assert r["answer"] != r["distractor"] and price[r["answer"]] > price[r["distractor"]]
+        assert r["answer"] in r["question"] and r["distractor"] in r["question"]
