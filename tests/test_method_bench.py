@@ -68,6 +68,16 @@ def test_all_arms_schema_resume_and_report(tiny_model_dir: Path, tmp_path: Path,
     assert "paired by seed" in text and "| refresh round 2 | 1 |" in text and "| target GRPO | 1 |" in text
     assert json.loads((out / "results.json").read_text())["seeds"][0]["arms"].keys() == arms.keys()
 
+    # the answer-provenance diagnostic reads the same folder: every paraphrase answer in exactly one bucket
+    from bench.method_answers import BUCKETS, table, tally
+
+    counts = tally(out)
+    assert set(counts) == (set(ORDER) - {"past"}) | {f"lam={x:g}" for x in lams if x} | {"chance"}  # past = lam=1
+    for arm, groups in counts.items():
+        assert abs(sum(sum(c.values()) for c in groups.values()) - n["paraphrase"]) < 1e-9, arm
+        assert all(set(c) <= set(BUCKETS) for c in groups.values())
+    assert any("| chance |" in row for row in table(counts))
+
     # a rerun resumes: every step and evaluation is read back, nothing retrained (same answers, same walls);
     # hand-written notes below the marker survive the re-render
     md.write_text(md.read_text() + "\n## Reading\nnotes kept\n")
