@@ -15,6 +15,8 @@ reference contained; a two_fact answer that also names the other product is wron
     k1             θ_sft_T + λ·v_1: single-round skill (round 1 of the same refresh, i.e. partition D_1 only)
     pre_injection  SFT on T starting from θ_base + λ·v_K
     sequential     SFT on T starting from θ_rl_K (the refresh's last source SFT + GRPO model)
+    source_sft_seq SFT on T starting from θ_sft_K (the same source SFT as round K, no GRPO): what of
+                   `sequential` is GRPO's and what is just more fine-tuning
     random         θ_sft_T + r, r random with ‖r_t‖ = λ·‖v_K,t‖ for every tensor t (control)
     target_grpo    GRPO on T's train QA from θ_sft_T (the costly upper bound; T's paraphrases are held out)
     lam=x          θ_sft_T + x·v_K for every x in --lams (λ = 0 is θ_sft_T itself, not re-evaluated)
@@ -64,10 +66,10 @@ sys.path.insert(0, str(REPO))
 # Import every module the run touches up front: edits to the working tree during a long run cannot leak in.
 import past.grpo  # noqa: E402,F401
 import past.rewards  # noqa: E402,F401
-from past.corpus import read_qa_jsonl  # noqa: E402
+from past.corpus import load_corpus, read_qa_jsonl  # noqa: E402
 from past.grpo import GRPORecipe, read_result, train_grpo  # noqa: E402
 from past.models import MANIFEST, publish_dir, staging_dir, verify_model_dir  # noqa: E402
-from past.refine import refresh_skill  # noqa: E402
+from past.refine import partition_corpus, refresh_skill  # noqa: E402
 from past.scoring import contains, is_correct, score_all  # noqa: E402
 from past.sft import SFTRecipe, run_sft  # noqa: E402
 from past.skill import analyze, inject  # noqa: E402
@@ -75,7 +77,7 @@ from past.synthetic import make_domains, split_domain, write_corpus, write_heldo
 
 BASE = REPO / ".past" / "models" / "smollm2-135m-instruct"
 KINDS = ("paraphrase", "doc_only", "two_fact")
-FIXED_ARMS = ("base", "sft", "past", "k1", "pre_injection", "sequential", "random", "target_grpo")
+FIXED_ARMS = ("base", "sft", "past", "k1", "pre_injection", "sequential", "source_sft_seq", "random", "target_grpo")
 DEV_SEED_OFFSET = 10_000
 
 
@@ -312,6 +314,14 @@ def run_seed(seed: int, b: Budget, base: Path, root: Path, dev: bool, arms: set[
     if "sequential" in arms:
         rec["sequential"] = step(steps / "sequential.json", lambda: {
             "model": str(work / "sequential"), "metrics": _slim(sft_from(rl_K, "sequential"))}, log)
+    if "source_sft_seq" in arms:
+        def source_sft() -> dict:  # round K's SFT again (same partition, recipe and seed), kept this time
+            part = partition_corpus(load_corpus(src_c), b.rounds, work / "source-partitions", seed)[-1]
+            m = run_sft(part, work / "source_sft", base, sft_recipe, work_dir=work / "source_sft-work", progress=False)
+            return {"model": str(work / "source_sft"), "partition": part.name, "metrics": _slim(m)}
+        rec["source_sft"] = step(steps / "source_sft.json", source_sft, log)
+        rec["source_sft_seq"] = step(steps / "source_sft_seq.json", lambda: {
+            "model": str(work / "source_sft_seq"), "metrics": _slim(sft_from(work / "source_sft", "source_sft_seq"))}, log)
     if "random" in arms:
         rec["random"] = step(steps / "random.json", lambda: {"model": str(random_like(
             v_K, sft_T, _fresh(work / "random") or work / "random", b.lam, seed))}, log)
@@ -343,6 +353,8 @@ def run_seed(seed: int, b: Budget, base: Path, root: Path, dev: bool, arms: set[
         models["pre_injection"] = (work / "pre_injection", rec["pre_inject"]["wall_s"] + rec["pre_injection"]["wall_s"], refresh_s)
     if "sequential" in rec:
         models["sequential"] = (work / "sequential", rec["sequential"]["wall_s"], refresh_s)
+    if "source_sft_seq" in rec:
+        models["source_sft_seq"] = (work / "source_sft_seq", rec["source_sft_seq"]["wall_s"], rec["source_sft"]["wall_s"])
     if "random" in rec:
         models["random"] = (work / "random", sft_s + rec["random"]["wall_s"], 0.0)
     if "target_grpo" in rec:

@@ -14,10 +14,11 @@ from pathlib import Path
 KINDS = ("paraphrase", "doc_only", "two_fact")
 NOTES_MARKER = "<!-- generated above; hand-written notes below this line are kept when the report is re-rendered -->"
 METRICS = ("correct", "exact_match", "token_f1", "contains")
-ORDER = ("base", "sft", "past", "k1", "pre_injection", "sequential", "random", "target_grpo")
+ORDER = ("base", "sft", "past", "k1", "pre_injection", "sequential", "source_sft_seq", "random", "target_grpo")
 LABELS = {"base": "base model", "sft": "target SFT only", "past": "PaST post-hoc (SFT_T + λ·v_K)",
           "k1": "PaST single round (SFT_T + λ·v_1)", "pre_injection": "pre-injection (base + λ·v_K, then SFT_T)",
-          "sequential": "sequential (source SFT+GRPO, then SFT_T)", "random": "random vector, same per-tensor norm",
+          "sequential": "sequential (source SFT+GRPO, then SFT_T)",
+          "source_sft_seq": "sequential without GRPO (source SFT, then SFT_T)", "random": "random vector, same per-tensor norm",
           "target_grpo": "target GRPO (upper bound)"}
 
 
@@ -127,7 +128,7 @@ def ratios(results: dict) -> dict:
     g, p = cost(results, "target_grpo", "marginal_s"), cost(results, "past", "marginal_s")
     if g and p:
         out["target_grpo_over_past_marginal"] = statistics.fmean(x / y for x, y in zip(g, p) if y > 0)
-    for a in ("past", "random", "target_grpo", "sequential", "pre_injection", "k1"):
+    for a in ("past", "random", "target_grpo", "sequential", "source_sft_seq", "pre_injection", "k1"):
         if values(results, a, "overall", "token_f1") and values(results, "sft", "overall", "token_f1"):
             out[f"{a}_minus_sft_f1"] = statistics.fmean(
                 x - y for x, y in zip(values(results, a, "overall", "token_f1"), values(results, "sft", "overall", "token_f1")))
