@@ -34,7 +34,7 @@ from typing import Callable
 from past.corpus import Corpus, QAPair, load_corpus, read_qa_jsonl
 from past.errors import PastError
 from past.grpo import GRPORecipe, read_result, train_grpo
-from past.models import MANIFEST, publish_dir, staging_dir, verify_model_dir
+from past.models import MANIFEST, publish_dir, sha256_file, staging_dir, verify_model_dir
 from past.sft import SFTRecipe, run_sft
 from past.skill import analyze, extract, inject
 
@@ -127,18 +127,26 @@ def run_round(k: int, partition: Path, base_model: Path, prev_vector: Path | Non
     """
     rd = Path(work) / f"round-{k}"
     marker = rd / "round.json"
+    rl_file = rl_qa_file(Path(partition))
+    grpo_questions = "rl_qa" if rl_file.is_file() else "train split"
+    # What GRPO trains on is an input of the round: resuming a (finished or half-done) round with other
+    # RL questions would silently ship a vector learned on the old ones.
+    key = f"rl_qa sha256 {sha256_file(rl_file)}" if rl_file.is_file() else "train split"
+    key_file = rd / "grpo_questions.txt"
+    if key_file.is_file() and key_file.read_text() != key:
+        raise RefreshError(f"{rd} was trained on other GRPO questions ({key_file.read_text()}, now {key}); "
+                           "use a fresh work folder")
     if marker.exists():
         log(f"round {k}: already done, skipping")
         return json.loads(marker.read_text())
     rd.mkdir(parents=True, exist_ok=True)
+    key_file.write_text(key)
     t_round = time.monotonic()
     phases: dict[str, float] = {}  # wall seconds per phase of this call (a resumed phase costs ~0)
 
     log(f"round {k}: SFT of the base model on {partition.name}")
     sft_dir = rd / "sft"
     sft_metrics = run_sft(partition, sft_dir, base_model, sft_recipe, work_dir=rd / "sft-work", progress=True)
-    rl_file = rl_qa_file(Path(partition))
-    grpo_questions = "rl_qa" if rl_file.is_file() else "train split"
     train_qa = [{"question": q.question, "answer": q.answer}
                 for q in read_qa_jsonl(rl_file if rl_file.is_file() else rd / "sft-work" / "splits" / "train.jsonl")]
     phases["sft_s"] = time.monotonic() - t_round

@@ -151,6 +151,11 @@ def test_round_records_orthogonality_and_phases(tiny_model_dir: Path, tmp_path: 
                            log=lambda m: None)
     assert rec["grpo"]["questions"] == "rl_qa" and rec["grpo"]["n_questions"] == 4
 
+    # resuming that round with other RL questions is refused, not silently reused
+    part = partition_corpus(load_corpus(src), 1, tmp_path / "p2", rl_qa=read_qa_jsonl(rl_questions(tmp_path / "rl2.jsonl", 3)))[0]
+    with pytest.raises(RefreshError, match="other GRPO questions"):
+        refine.run_round(1, part, tiny_model_dir, None, tmp_path / "work2", SFT, GRPO, log=lambda m: None)
+
 
 def test_cli_refresh_runs_rounds_and_fails_cleanly(tiny_model_dir: Path, tmp_path: Path, capsys) -> None:
     from past.cli import main
