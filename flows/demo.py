@@ -25,7 +25,7 @@ from prefect import flow  # noqa: E402
 
 from flows.refresh_skill import refresh_skill  # noqa: E402
 from flows.watch import watch  # noqa: E402
-from tasks.demo import drop_into_inbox, make_demo_corpora, summarize_demo  # noqa: E402
+from tasks.demo import compare_on_new_corpus, drop_into_inbox, make_demo_corpora, summarize_demo  # noqa: E402
 
 
 @flow(name="demo")
@@ -36,20 +36,32 @@ def demo(seed: int = 0, n_source: int = 8, n_target: int = 6, model_name: str = 
     print(f"[1/3] skill refresh on the source domain ({n_source} products, K=2 rounds of SFT + GRPO)")
     skill = refresh_skill(corpora["source"])
     t1 = time.monotonic()
-    print(f"[2/3] new corpus arrives: {n_target} products -> inbox; the watcher claims it and runs adapt")
+    print(f"[2/3] new corpus arrives: {n_target} product articles, no QA -> inbox; the watcher claims it and "
+          "runs adapt (teacher QA -> SFT -> + λ·v -> gate)")
     drop_into_inbox(corpora["target"], f"support-articles-seed{seed}")
     watched = watch(settle_s=0, model_name=model_name, mode="inline", deployment="adapt/adapt")
     t2 = time.monotonic()
-    print("[3/3] done")
-    timings = {"refresh": round(t1 - t0, 1), "adapt": round(t2 - t1, 1), "total": round(t2 - t0, 1)}
-    return {"skill": skill, "watch": watched, "timings_s": timings,
-            "summary": summarize_demo(skill, watched, timings, model_name)}
+    comparison = None
+    if watched["started"]:
+        r = watched["started"][0]["result"]
+        print("[3/3] base vs target SFT vs SFT + λ·v on the new corpus's held-out questions")
+        comparison = compare_on_new_corpus(r["corpus_id"], {"base": r["base_model"], "target SFT": r["sft_model"],
+                                                             f"SFT + {r['lambda'] or 0:g}·v": r["candidate"]})
+    timings = {"refresh": round(t1 - t0, 1), "adapt": round(t2 - t1, 1), "total": round(time.monotonic() - t0, 1)}
+    return {"skill": skill, "watch": watched, "timings_s": timings, "comparison": comparison,
+            "summary": summarize_demo(skill, watched, timings, model_name, comparison)}
 
 
 def main() -> None:
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m flows.demo", description=__doc__)
+    ap.add_argument("--seed", type=int, default=0, help="seed of the fictional domains, splits and training")
+    seed = ap.parse_args().seed
+    os.environ.setdefault("PAST_SEED", str(seed))
     for k, v in DEMO_DEFAULTS.items():
         os.environ.setdefault(k, v)
-    print(demo()["summary"])
+    print(demo(seed=seed)["summary"])
 
 
 if __name__ == "__main__":

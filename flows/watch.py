@@ -29,7 +29,7 @@ def watch(settle_s: float = 10.0, model_name: str = "support-bot", mode: str = "
 
             result = adapt(item["corpus_id"], model_name=model_name)
             started.append({"corpus_id": item["corpus_id"], "version": result["version"],
-                            "promoted": result["promoted"]})
+                            "promoted": result["promoted"], "result": result})
         else:
             run_id = submit_adapt(deployment, item["corpus_id"], model_name)
             mark_corpus(item["corpus_id"], "submitted", model_name=model_name, flow_run_id=run_id)

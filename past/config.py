@@ -57,19 +57,33 @@ class Settings:
     # --- eval gate --------------------------------------------------------------------------------
     gate_min_accuracy: float = _f(0.2, "Floor on the candidate's new-corpus accuracy (token-F1 ≥ 0.6 or the "
                                   "reference contained in the answer counts as correct unless a judge is configured).")
-    gate_margin: float = _f(0.0, "Candidate must beat the champion on the new corpus by at least this much.")
+    gate_margin: float = _f(0.0, "The lower confidence bound of (candidate − champion) new-corpus accuracy, paired "
+                            "on the same items, must be at least this much (0 = the candidate is better with "
+                            "confidence `gate_confidence`; negative = tolerate a tie).")
     gate_retention_tolerance: float = _f(0.05, "Largest allowed drop in retention accuracy vs the champion.")
     gate_concurrency: int = _f(8, "Concurrent requests the gate sends to the endpoint.")
     gate_request_timeout_s: float = _f(60.0, "Timeout of one gate request.")
     gate_max_tokens: int = _f(64, "Max new tokens per gate answer.")
     gate_retention_items: int = _f(24, "Held-out questions sampled (seeded) from earlier promoted corpora to check "
                                    "the candidate still knows them.")
+    gate_min_new_items: int = _f(20, "Fewest held-out new-corpus questions the gate decides on; with fewer it refuses "
+                                 "to promote and says so (generate more QA, or lower this knowingly).")
+    gate_confidence: float = _f(0.95, "Confidence level of the gate's intervals: the Wilson lower bound of new-corpus "
+                                "accuracy must clear the floor, and the lower bound of the paired difference "
+                                "(candidate − champion, same items) must clear the margin.")
     gate_max_error_rate: float = _f(0.05, "Largest fraction of gate requests that may fail (error, timeout, empty "
                                     "or malformed answer) before the gate fails closed.")
 
     # --- teacher (QA generation) and judge endpoints ---------------------------------------------
+    teacher: str = _f("auto", "Who writes QA + implications for corpora without enough QA: `auto` (= `endpoint` "
+                      "when teacher_base_url is set, else `extractive`), `extractive` (built-in, offline, "
+                      "sentence-completion QA), `endpoint`, or `self` (the base model served by vLLM).")
+    teacher_min_qa: int = _f(100, "A corpus shipping fewer QA pairs than this gets teacher QA and implications added "
+                             "(its own QA is kept and preferred for the gate); 0 = never generate.")
+    teacher_n_qa: int = _f(8, "Teacher QA pairs per document (per piece of a long document).")
+    teacher_n_implications: int = _f(8, "Teacher implications per document (per piece of a long document).")
     teacher_base_url: str = _f("", "OpenAI-compatible base URL of the teacher that writes QA pairs; "
-                               "empty = the served base model.")
+                               "empty = the built-in teacher (see `teacher`).")
     teacher_model: str = _f("", "Model name at the teacher endpoint.")
     judge_base_url: str = _f("", "OpenAI-compatible base URL of the yes/no answer judge; empty = rule rewards only.")
     judge_model: str = _f("", "Model name at the judge endpoint.")
@@ -80,6 +94,13 @@ class Settings:
     sft_use_lora: bool = _f(True, "Two-stage SFT with LoRA (merged at the end) instead of full fine-tuning.")
     sft_epochs_memorize: float = _f(3.0, "Epochs of stage 1 (memorize documents).")
     sft_epochs_qa: float = _f(3.0, "Epochs of stage 2 (QA, loss on answers only).")
+    sft_eval_fraction: float = _f(0.2, "Share of documents whose QA (own and teacher's) is held out for the gate.")
+    sft_split_by: str = _f("document", "Held-out unit for the gate's new-corpus items: `document` (questions about "
+                           "documents whose QA was never trained: the strict test) or `question` (new questions about "
+                           "documents the model was also QA-trained on).")
+    sft_min_steps_qa: int = _f(60, "Floor on stage-2 optimizer steps (a small QA set gets many epochs, not 3 steps).")
+    sft_min_train_recall: float = _f(0.5, "Training check: share of sampled training questions the candidate must "
+                                     "answer closed-book; below it the gate fails with 'SFT did not take'.")
     sft_learning_rate: float = _f(2e-4, "Learning rate of both SFT stages (LoRA scale; use ~2e-5 for full FT).")
     grpo_rounds: int = _f(2, "K: rounds (= disjoint source partitions) of iterative skill refinement.")
     grpo_max_steps: int = _f(30, "GRPO optimizer steps per round.")
@@ -202,7 +223,16 @@ def _validate(s: Settings) -> None:
 
     if not math.isfinite(s.lam) or abs(s.lam) > 10:
         raise ConfigError(f"setting 'lam': {s.lam} is not a sensible λ (finite, |λ| ≤ 10)")
-    for name in ("gate_min_accuracy", "gate_retention_tolerance", "gate_max_error_rate"):
+    if not 0.5 <= s.gate_confidence < 1.0:
+        raise ConfigError(f"setting 'gate_confidence': {s.gate_confidence} is outside [0.5, 1)")
+    for name in ("gate_min_new_items", "teacher_min_qa", "teacher_n_qa", "teacher_n_implications", "sft_min_steps_qa"):
+        if getattr(s, name) < 0:
+            raise ConfigError(f"setting {name!r} must be ≥ 0")
+    if s.sft_split_by not in ("document", "question"):
+        raise ConfigError(f"setting 'sft_split_by': {s.sft_split_by!r} is not `document` or `question`")
+    if not 0.0 < s.sft_eval_fraction < 1.0:
+        raise ConfigError(f"setting 'sft_eval_fraction': {s.sft_eval_fraction} is outside (0, 1)")
+    for name in ("gate_min_accuracy", "gate_retention_tolerance", "gate_max_error_rate", "sft_min_train_recall"):
         v = getattr(s, name)
         if not 0.0 <= v <= 1.0:
             raise ConfigError(f"setting {name!r}: {v} is outside [0, 1]")

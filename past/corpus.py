@@ -468,18 +468,28 @@ def _rank(seed: int, key: str) -> str:
     return hashlib.sha256(f"{seed}\x00{key}".encode("utf-8")).hexdigest()
 
 
-def split_qa(qa: list[QAPair], eval_fraction: float = 0.2, seed: int = 0) -> tuple[list[QAPair], list[QAPair]]:
-    """Split QA into (train, eval) by document: every QA of one document lands on the same side.
+SPLIT_BY = ("document", "question")
 
-    Groups (documents; a QA without doc_id is its own group) are ordered by sha256(seed, group key) and the
+
+def split_qa(qa: list[QAPair], eval_fraction: float = 0.2, seed: int = 0,
+             by: str = "document") -> tuple[list[QAPair], list[QAPair]]:
+    """Split QA into (train, eval) by document (every QA of one document lands on the same side; the strict
+    test: held-out documents were only read in stage 1) or by question (held-out questions are about
+    documents whose other questions were trained: the support-bot test, "asked something new about a
+    document it learned").
+
+    Groups (documents, or single questions; a QA without doc_id is its own group) are ordered by sha256(seed, group key) and the
     first round(n * eval_fraction) go to eval, at least one and at most n - 1 when there are 2+ groups. A
     group's side depends only on its key and the seed, so adding documents rarely reshuffles the others.
     """
     if not 0.0 <= eval_fraction < 1.0:
         raise ValueError(f"eval_fraction {eval_fraction} must be in [0, 1)")
+    if by not in SPLIT_BY:
+        raise ValueError(f"split by {by!r}: expected one of {SPLIT_BY}")
     groups: dict[str, list[QAPair]] = {}
     for p in qa:
-        groups.setdefault(f"doc:{p.doc_id}" if p.doc_id is not None else f"qa:{p.id}", []).append(p)
+        groups.setdefault(f"doc:{p.doc_id}" if p.doc_id is not None and by == "document" else f"qa:{p.id}",
+                          []).append(p)
     keys = sorted(groups, key=lambda k: _rank(seed, k))
     n_eval = round(len(keys) * eval_fraction)
     if eval_fraction > 0 and len(keys) >= 2:
@@ -495,15 +505,15 @@ def split_record(p: QAPair, corpus_id: str) -> dict:
 
 
 def write_splits(corpus: Corpus, out_dir: Path, qa: list[QAPair] | None = None, eval_fraction: float = 0.2,
-                 seed: int = 0) -> dict:
+                 seed: int = 0, by: str = "document") -> dict:
     """Write `train.jsonl` and `eval.jsonl` (one `split_record` per line) + `split.json`, each atomically."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    train, held = split_qa(corpus.qa if qa is None else qa, eval_fraction, seed)
+    train, held = split_qa(corpus.qa if qa is None else qa, eval_fraction, seed, by)
     for name, rows in (("train.jsonl", train), ("eval.jsonl", held)):
         _atomic_write(out_dir / name, "".join(json.dumps(split_record(p, corpus.id), ensure_ascii=False) + "\n"
                                               for p in rows))
-    summary = {"corpus_id": corpus.id, "seed": seed, "eval_fraction": eval_fraction, "train": len(train),
+    summary = {"corpus_id": corpus.id, "seed": seed, "eval_fraction": eval_fraction, "by": by, "train": len(train),
                "eval": len(held), "eval_doc_ids": sorted({p.doc_id for p in held if p.doc_id is not None})}
     _atomic_write(out_dir / "split.json", json.dumps(summary, indent=2) + "\n")
     return summary

@@ -151,7 +151,8 @@ def check_endpoints(s: Settings) -> Check:
     parts, status = [], OK
     for role, url in (("teacher", s.teacher_base_url), ("judge", s.judge_base_url)):
         if not url:
-            parts.append(f"{role}: not configured")
+            parts.append(f"{role}: not configured" + (f" (built-in `{s.teacher}` teacher: extractive unless "
+                                                      "teacher=self)" if role == "teacher" else ""))
         elif health_ok(url) or _models_ok(url, os.environ.get(s.api_key_env, "EMPTY")):
             parts.append(f"{role}: {url} reachable")
         else:

@@ -33,6 +33,7 @@ from typing import Callable, Iterable
 from past.errors import PastError
 from past.judge import Judge, judge_from_settings  # noqa: F401 - the gate's judge
 from past.scoring import is_correct, score_all
+from past.stats import paired_difference, wilson
 
 KINDS = ("new", "retention", "general")
 PROMPT_VERSION = 1  # bump when the request format changes: it is part of the eval-set hash
@@ -77,11 +78,11 @@ def load_eval_items(path: str | Path, kind: str = "new") -> list[EvalItem]:
         for name in ("id", "question", "answer"):
             if not isinstance(obj.get(name), str) or not obj[name].strip():
                 raise EvalSetError(f"{path}:{n}: field {name!r} missing or not a non-empty string")
-        for name in ("doc_id", "corpus_id"):
-            if name in obj and not isinstance(obj[name], str):
-                raise EvalSetError(f"{path}:{n}: field {name!r} must be a string")
-        item = EvalItem(obj["id"], obj["question"], obj["answer"], obj.get("doc_id", ""),
-                        obj.get("corpus_id", ""), kind)
+        for name in ("doc_id", "corpus_id"):  # null = not given (the split writes doc_id null for such QA)
+            if obj.get(name) is not None and not isinstance(obj[name], str):
+                raise EvalSetError(f"{path}:{n}: field {name!r} must be a string or null")
+        item = EvalItem(obj["id"], obj["question"], obj["answer"], obj.get("doc_id") or "",
+                        obj.get("corpus_id") or "", kind)
         if item.key in seen:
             raise EvalSetError(f"{path}:{n}: duplicate id {item.id!r} in corpus {item.corpus_id!r}")
         seen.add(item.key)
@@ -89,6 +90,15 @@ def load_eval_items(path: str | Path, kind: str = "new") -> list[EvalItem]:
     if not items:
         raise EvalSetError(f"eval set {path} has no items")
     return items
+
+
+def select_new_items(rows: list[dict], human_ids: set[str], min_items: int) -> tuple[list[dict], str]:
+    """The gate's new-corpus items from the held-out split: the corpus's own (human) QA when it holds at least
+    `min_items`, else human and teacher QA together. Returns (rows, which)."""
+    human = [r for r in rows if r["id"] in human_ids]
+    if human and len(human) >= min_items:
+        return human, "human"
+    return rows, "human+teacher" if human else ("teacher" if rows else "none")
 
 
 def general_prompts() -> list[EvalItem]:
@@ -266,12 +276,31 @@ def _error_check(results: list[ItemResult], who: str, max_error_rate: float) -> 
 
 
 def decide(candidate: list[ItemResult], champion: list[ItemResult] | None, settings,
-           champion_version: str | None = None, eval_hash: str = "") -> GateDecision:
-    """Pass only if new-corpus accuracy ≥ floor, beats the champion by the margin on the same items, and
-    retention/general accuracy drop no more than the tolerance. No champion yet: the floor only."""
+           champion_version: str | None = None, eval_hash: str = "", training_check: dict | None = None
+           ) -> GateDecision:
+    """Pass only if there are enough new-corpus items, the Wilson lower bound of new-corpus accuracy clears
+    the floor, the paired difference with the champion on the same items has its lower bound at or above the
+    margin, retention/general accuracy drop no more than the tolerance, and the training check (recall of
+    the training QA after SFT, when given) reached its minimum. No champion yet: no comparison."""
     eps = 1e-9
     reasons: list[str] = []
+    conf = settings.gate_confidence
     m = summarize(candidate, "candidate")
+    if training_check and training_check.get("n"):
+        m["train_recall"] = float(training_check["accuracy"])
+        m["train_recall_items"] = float(training_check["n"])
+        if training_check["accuracy"] + eps < settings.sft_min_train_recall:
+            reasons.append(f"SFT did not take: the candidate answered {training_check['correct']} of "
+                           f"{training_check['n']} of its own training questions closed-book "
+                           f"({training_check['accuracy']:.3f} < sft_min_train_recall {settings.sft_min_train_recall:.3f})")
+    new_rs = sorted((r for r in candidate if r.kind == "new"), key=lambda r: r.key)
+    if new_rs:
+        ci = wilson(sum(r.correct for r in new_rs), len(new_rs), conf)
+        m |= {"candidate_new_accuracy_lower": ci.lower, "candidate_new_accuracy_upper": ci.upper,
+              "new_items": float(len(new_rs))}
+        if len(new_rs) < settings.gate_min_new_items:
+            reasons.append(f"only {len(new_rs)} new-corpus items, fewer than gate_min_new_items "
+                           f"{settings.gate_min_new_items}: too few to decide (add QA or let the teacher write more)")
     if champion is not None:
         m |= summarize(champion, "champion")
         if sorted(r.key for r in champion) != sorted(r.key for r in candidate):
@@ -283,13 +312,18 @@ def decide(candidate: list[ItemResult], champion: list[ItemResult] | None, setti
     if new is None:
         reasons.append("eval set has no new-corpus items")
     else:
-        if new + eps < settings.gate_min_accuracy:
-            reasons.append(f"new-corpus accuracy {new:.3f} below the floor {settings.gate_min_accuracy:.3f}")
-        if champion is not None and "champion_new_accuracy" in m:
-            need = m["champion_new_accuracy"] + settings.gate_margin
-            if new + eps < need:
-                reasons.append(f"new-corpus accuracy {new:.3f} does not beat the champion's "
-                               f"{m['champion_new_accuracy']:.3f} by the margin {settings.gate_margin:.3f}")
+        lower = m["candidate_new_accuracy_lower"]
+        if lower + eps < settings.gate_min_accuracy:
+            reasons.append(f"new-corpus accuracy {new:.3f} (lower {conf:.0%} bound {lower:.3f}, n={len(new_rs)}) "
+                           f"does not clear the floor {settings.gate_min_accuracy:.3f}")
+        champ_new = {r.key: r for r in champion or [] if r.kind == "new"}
+        if champion is not None and champ_new and all(r.key in champ_new for r in new_rs):
+            d = paired_difference([r.correct for r in new_rs], [champ_new[r.key].correct for r in new_rs], conf)
+            m |= {"new_diff": d.estimate, "new_diff_lower": d.lower, "new_diff_upper": d.upper}
+            if d.lower + eps < settings.gate_margin:
+                reasons.append(f"new-corpus accuracy {new:.3f} vs the champion's {m['champion_new_accuracy']:.3f}: "
+                               f"paired difference {d.estimate:+.3f}, lower {conf:.0%} bound {d.lower:+.3f} "
+                               f"below the margin {settings.gate_margin:+.3f}")
     if champion is not None:
         for kind in ("retention", "general"):
             c, h = m.get(f"candidate_{kind}_accuracy"), m.get(f"champion_{kind}_accuracy")
@@ -413,8 +447,8 @@ def _serve_and_answer(model_dir, served_name: str, url: str, items, settings, ju
 
 
 def run_gate(candidate_dir: str | Path | None, items: list[EvalItem], settings, served_name: str,
-             champion: Champion | None = None, candidate_url: str = "", log: Callable[[str], None] = print
-             ) -> GateReport:
+             champion: Champion | None = None, candidate_url: str = "", log: Callable[[str], None] = print,
+             training_check: dict | None = None) -> GateReport:
     """Evaluate the candidate (and the champion, unless cached) on `items` and decide.
 
     Never raises for a bad candidate or server: every such failure is a failed decision with its reason."""
@@ -444,6 +478,6 @@ def run_gate(candidate_dir: str | Path | None, items: list[EvalItem], settings, 
                                   timings)
             if _error_check(champ, "champion", settings.gate_max_error_rate) is None:
                 save_champion_cache(settings, champion.version, h, champ)
-    decision = decide(cand, champ, settings, cv, h)
+    decision = decide(cand, champ, settings, cv, h, training_check=training_check)
     log(f"gate: {'PASS' if decision.passed else 'FAIL'} - {decision.reason}")
     return GateReport(decision, cand, champ, items, timings)

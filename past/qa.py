@@ -50,7 +50,8 @@ Document:
 class QAGenConfig:
     n_qa: int = field(default=5, metadata={"help": "QA pairs requested per document."})
     n_implications: int = field(default=5, metadata={"help": "Implications requested per document."})
-    max_doc_chars: int = field(default=6000, metadata={"help": "Document text beyond this is cut from the prompt."})
+    max_doc_chars: int = field(default=6000, metadata={"help": "A longer document is asked about in pieces of at "
+                                                               "most this many characters (n_qa per piece)."})
     temperature: float = field(default=0.0, metadata={"help": "Teacher sampling temperature."})
     max_tokens: int = field(default=1024, metadata={"help": "Max tokens of one teacher reply."})
     retries: int = field(default=4, metadata={"help": "Retries of a failed request (HTTP 5xx/429, timeouts)."})
@@ -178,17 +179,41 @@ def _ask(client, endpoint: Endpoint, prompt: str, cfg: QAGenConfig, limiter: Rat
     return None
 
 
+def text_chunks(text: str, max_chars: int) -> list[str]:
+    """Cut a document into pieces of ≤ max_chars at paragraph (else line, else hard) boundaries: a long
+    document is asked about piece by piece, so its tail is never cut from the teacher's prompt."""
+    if len(text) <= max_chars:
+        return [text]
+    out, cur = [], ""
+    for para in re.split(r"(\n\s*\n)", text):
+        while len(para) > max_chars:  # one huge paragraph: cut it hard
+            if cur:
+                out.append(cur)
+                cur = ""
+            out.append(para[:max_chars])
+            para = para[max_chars:]
+        if len(cur) + len(para) > max_chars and cur.strip():
+            out.append(cur)
+            cur = ""
+        cur += para
+    if cur.strip():
+        out.append(cur)
+    return [c.strip() for c in out if c.strip()]
+
+
 def generate(documents: list[Document], endpoint: Endpoint, cache_dir: Path, cfg: QAGenConfig | None = None,
              progress: bool = True) -> QAGenResult:
-    """Ask the teacher about every document (cache first). Never raises for teacher misbehaviour."""
+    """Ask the teacher about every document, chunk by chunk (cache first). Never raises for misbehaviour."""
     cfg = cfg or QAGenConfig()
     stats = QAGenStats(documents=len(documents))
     limiter = RateLimiter(cfg.min_interval_s)
     client = _client(endpoint, cfg)
     qa: list[QAPair] = []
     implications: dict[str, list[str]] = {}
-    for doc in tqdm(documents, desc="teacher QA", unit="doc", disable=not progress):
-        path = _cache_path(cache_dir, cache_key(doc.sha256, endpoint.model))
+    pieces = [(doc, chunk, i) for doc in documents for i, chunk in enumerate(text_chunks(doc.text, cfg.max_doc_chars))]
+    for doc, chunk, i in tqdm(pieces, desc="teacher QA", unit="chunk", disable=not progress):
+        chunk_sha = doc.sha256 if i == 0 and chunk == doc.text else hashlib.sha256(chunk.encode()).hexdigest()
+        path = _cache_path(cache_dir, cache_key(chunk_sha, endpoint.model))
         parsed = None
         if path.is_file():
             try:
@@ -198,8 +223,7 @@ def generate(documents: list[Document], endpoint: Endpoint, cache_dir: Path, cfg
             except (json.JSONDecodeError, KeyError, OSError):
                 parsed = None  # a damaged cache entry is just a miss
         if parsed is None:
-            prompt = PROMPT.format(n_qa=cfg.n_qa, n_impl=cfg.n_implications, title=doc.title,
-                                   text=doc.text[: cfg.max_doc_chars])
+            prompt = PROMPT.format(n_qa=cfg.n_qa, n_impl=cfg.n_implications, title=doc.title, text=chunk)
             reply = _ask(client, endpoint, prompt, cfg, limiter, stats)
             if reply is None:
                 stats.failed_documents += 1
@@ -209,14 +233,14 @@ def generate(documents: list[Document], endpoint: Endpoint, cache_dir: Path, cfg
                 stats.malformed_responses += 1
                 continue
             _cache_put(path, {"qa": parsed[0], "implications": parsed[1], "model": endpoint.model,
-                              "prompt_version": PROMPT_VERSION, "doc_sha256": doc.sha256})
+                              "prompt_version": PROMPT_VERSION, "doc_sha256": chunk_sha})
         items, impl, dropped = parsed
         stats.dropped_items += dropped
         for it in items:
             qa.append(QAPair(id=qa_id(it["question"], it["answer"], doc.id), question=it["question"],
                              answer=it["answer"], doc_id=doc.id))
         if impl:
-            implications[doc.id] = impl
+            implications.setdefault(doc.id, []).extend(impl)
     stats.qa, stats.implications = len(qa), sum(len(v) for v in implications.values())
     return QAGenResult(qa=qa, implications=implications, stats=stats)
 

@@ -1,12 +1,20 @@
 """Two-stage knowledge SFT on TRL's SFTTrainer: stage 1 memorizes the documents, stage 2 learns to answer.
 
 - Stage 1 (memorize): causal-LM loss on every document (title + text), plus the teacher's implications when
-  there are any, packed into `max_length` blocks (`packing=True`, best-fit decreasing, so documents are not
-  cut mid-way when they fit). *All* documents are trained here, including those whose QA is held out: the
+  there are any. A text longer than `max_length` is cut into overlapping, title-anchored windows first
+  (`past.chunking`: TRL's packing would otherwise truncate it and drop the overflow silently); the windows
+  are packed into `max_length` blocks (`packing=True`, best-fit decreasing, so nothing is cut again), and the
+  packed token count is checked against the windows' before training. Coverage (trained / corpus tokens)
+  goes into the metrics. *All* documents are trained here, including those whose QA is held out: the
   eval split measures whether knowledge read in stage 1 can be recalled as answers, never seen as QA.
 - Stage 2 (QA): chat-formatted pairs in TRL's conversational prompt-completion format
   (`prompt=[user]`, `completion=[assistant]`), which gives loss on the answer tokens only
   (`completion_only_loss`); the model's own chat template renders them, as the gate will at serving time.
+
+Budgets are epochs with a floor in optimizer steps (`min_steps_*`): a 20-pair QA set at batch 8 is 3 steps
+an epoch, far too few to learn anything, so the floor decides there. After stage 2 a training check asks the
+model a sample of its own training questions closed-book (`past.recall`) and records the recall, so "SFT
+did not take" is a named, visible result rather than a silent rejection by the gate.
 
 LoRA (PEFT) by default, merged into full weights after each stage, so every stage output is a plain model
 folder (safetensors, tokenizer + chat template, generation config, `past-model.json` manifest), written to a
@@ -53,7 +61,13 @@ class SFTRecipe:
     batch_size: int = _f(8, "Per-device batch size (stage 1: packed blocks; stage 2: QA pairs).")
     grad_accum: int = _f(1, "Gradient accumulation steps.")
     max_length: int = _f(512, "Tokens per packed block (stage 1) and per QA example (stage 2).")
-    eval_fraction: float = _f(0.2, "Share of documents whose QA is held out for the eval gate.")
+    chunk_overlap: int = _f(64, "Stage 1: tokens shared by consecutive windows of a document longer than max_length "
+                            "(at most max_length/4 is used).")
+    min_steps_memorize: int = _f(0, "Stage 1: at least this many optimizer steps, whatever the epochs give.")
+    min_steps_qa: int = _f(60, "Stage 2: at least this many optimizer steps (small QA sets need many epochs).")
+    check_train_qa: int = _f(32, "Training check: training questions asked closed-book after stage 2 (0 = off).")
+    eval_fraction: float = _f(0.2, "Share of documents (or questions, see split_by) held out for the eval gate.")
+    split_by: str = _f("document", "Held-out unit: `document` (its QA never trained) or `question`.")
     seed: int = _f(0, "Seed of the split, LoRA init and data order.")
     save_steps: int = _f(50, "Checkpoint every N optimizer steps (resume point after a crash).")
     save_total_limit: int = _f(2, "Checkpoints kept per stage.")
@@ -65,9 +79,22 @@ class SFTRecipe:
     def from_settings(cls, settings, **overrides) -> "SFTRecipe":
         lr = settings.sft_learning_rate
         base = dict(use_lora=settings.sft_use_lora, epochs_memorize=settings.sft_epochs_memorize,
-                    epochs_qa=settings.sft_epochs_qa, lr_memorize=lr, lr_qa=lr, seed=settings.seed)
+                    epochs_qa=settings.sft_epochs_qa, lr_memorize=lr, lr_qa=lr, seed=settings.seed,
+                    min_steps_qa=settings.sft_min_steps_qa, eval_fraction=settings.sft_eval_fraction,
+                    split_by=settings.sft_split_by)
         base.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**base)
+
+    def __post_init__(self) -> None:
+        if self.max_length < 16:
+            raise SFTError(f"recipe max_length {self.max_length} must be ≥ 16")
+        if self.chunk_overlap < 0:
+            raise SFTError(f"recipe chunk_overlap {self.chunk_overlap} must be ≥ 0")
+        if self.split_by not in ("document", "question"):
+            raise SFTError(f"recipe split_by {self.split_by!r}: expected `document` or `question`")
+        for name in ("min_steps_memorize", "min_steps_qa", "check_train_qa"):
+            if getattr(self, name) < 0:
+                raise SFTError(f"recipe {name} must be ≥ 0")
 
     def key(self) -> dict:
         return asdict(self)
@@ -86,6 +113,29 @@ def memorize_texts(corpus: Corpus, implications: dict[str, list[str]] | None = N
         if implications and implications.get(d.id):
             texts.append(f"{d.title}\n\n" + "\n".join(implications[d.id]))
     return texts
+
+
+def memorize_rows(corpus: Corpus, tokenizer, max_length: int, overlap: int,
+                  implications: dict[str, list[str]] | None = None) -> tuple[list[dict], dict]:
+    """Stage-1 rows (pre-tokenized windows, none longer than max_length) and their coverage report."""
+    from past.chunking import coverage, windows
+
+    rows, corpus_tokens, covered, split_docs = [], 0, 0.0, 0
+    for d in corpus.documents:
+        texts = [(d.id, d.text if d.text.lstrip().startswith("#") else f"{d.title}\n\n{d.text}")]
+        if implications and implications.get(d.id):
+            texts.append((f"{d.id}#implications", f"{d.title}\n\n" + "\n".join(implications[d.id])))
+        for source, text in texts:
+            wins = windows(tokenizer, source, d.title, text, max_length, overlap)
+            n = wins[-1].end
+            rows += [{"input_ids": w.input_ids} for w in wins]
+            corpus_tokens += n
+            covered += coverage(wins, n) * n
+            split_docs += len(wins) > 1
+    report = {"corpus_tokens": corpus_tokens, "window_count": len(rows), "texts_split": split_docs,
+              "coverage": round(covered / corpus_tokens, 6) if corpus_tokens else 1.0,
+              "window_tokens": sum(len(r["input_ids"]) for r in rows)}
+    return rows, report
 
 
 def qa_examples(pairs: list[QAPair]) -> list[dict]:
@@ -117,8 +167,14 @@ def drop_partial_checkpoints(ckpt_dir: Path, keep: Path | None) -> None:
 # --- one stage --------------------------------------------------------------------------------------------
 def train_stage(name: str, model_dir: Path, rows: list[dict], recipe: SFTRecipe, stage_dir: Path,
                 final_dir: Path, epochs: float, lr: float, max_steps: int, packing: bool,
-                manifest_extra: dict | None = None, progress: bool = True, save_model: bool = True) -> dict:
-    """Train one stage from `model_dir` and publish the merged model to `final_dir`. Returns its metrics."""
+                manifest_extra: dict | None = None, progress: bool = True, save_model: bool = True,
+                min_steps: int = 0, after_train=None, extra_metrics: dict | None = None) -> dict:
+    """Train one stage from `model_dir` and publish the merged model to `final_dir`. Returns its metrics.
+
+    Steps: `max_steps` when > 0, else max(epochs × steps per epoch, `min_steps`). `after_train(model, tok)`
+    may add metrics (the training check) before the model is saved."""
+    import math
+
     import torch
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -155,6 +211,15 @@ def train_stage(name: str, model_dir: Path, rows: list[dict], recipe: SFTRecipe,
     )
     trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tok,
                          peft_config=peft_config)
+    if packing and "input_ids" in rows[0]:  # pre-tokenized windows: packing must not have dropped a token
+        given = sum(len(r["input_ids"]) for r in rows)
+        packed = sum(len(x) for x in trainer.train_dataset["input_ids"])
+        if packed != given:
+            raise SFTError(f"stage {name}: packing kept {packed} of {given} tokens; refusing to train on a "
+                           "silently truncated corpus")
+    per_epoch = max(1, math.ceil(len(trainer.train_dataset) / (recipe.batch_size * recipe.grad_accum)))
+    planned = max_steps if max_steps > 0 else max(math.ceil(epochs * per_epoch), min_steps)
+    trainer.args.max_steps = planned  # read by train(); epochs alone give small QA sets almost no steps
     if not progress:  # disable_tqdm swaps the bars for a per-step dict printer; quiet means quiet
         from transformers.trainer_callback import PrinterCallback
 
@@ -175,7 +240,10 @@ def train_stage(name: str, model_dir: Path, rows: list[dict], recipe: SFTRecipe,
         # this session's tokens over this session's time (after a resume, `tokens` also counts the old run)
         "tokens_per_s": round(float(step_logs[-1].get("train_tokens_per_second", 0.0)), 1) if step_logs
         else (round(tokens / runtime, 1) if runtime > 0 else None), "use_lora": recipe.use_lora,
+        "planned_steps": planned, "steps_per_epoch": per_epoch, **(extra_metrics or {}),
     }
+    if after_train is not None:
+        metrics |= after_train(trainer.model, tok)
     if save_model:
         model = trainer.model.merge_and_unload() if recipe.use_lora else trainer.model
         tmp = staging_dir(final_dir)
@@ -190,6 +258,18 @@ def train_stage(name: str, model_dir: Path, rows: list[dict], recipe: SFTRecipe,
             raise
     (stage_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     return metrics
+
+
+def _training_check(train_qa: list[QAPair], recipe: SFTRecipe):
+    """after_train hook: closed-book recall on a seeded sample of the stage-2 training questions."""
+    def check(model, tok) -> dict:
+        if recipe.check_train_qa <= 0:
+            return {}
+        from past.recall import recall
+
+        sample = sorted(train_qa, key=lambda p: hashlib.sha256(f"{recipe.seed}:{p.id}".encode()).hexdigest())
+        return {"train_recall": recall(model, tok, sample[: recipe.check_train_qa])}
+    return check
 
 
 def _step_of(ckpt: Path | None) -> int:
@@ -221,7 +301,9 @@ def run_key(corpus: Corpus, base_model: Path, recipe: SFTRecipe, qa: list[QAPair
 
 
 def _corpus_qa(corpus: Corpus, qa: list[QAPair] | None, where: Path) -> list[QAPair]:
-    qa = corpus.qa if corpus.qa else (qa or [])
+    """The corpus's own QA plus any extra (e.g. teacher-generated) pairs, each id once."""
+    ids = {p.id for p in corpus.qa}
+    qa = list(corpus.qa) + [p for p in qa or [] if p.id not in ids]
     if not qa:
         raise SFTError(f"{where}: no QA pairs; add qa.jsonl or run `past corpus generate-qa`")
     return qa
@@ -237,10 +319,17 @@ def run_memorize(corpus_path: Path, base_model: Path, recipe: SFTRecipe, work_di
     if _done(s1 / "model", key):
         m1 = json.loads((s1 / "metrics.json").read_text()) | {"skipped": True}
     else:
-        rows = [{"text": t} for t in memorize_texts(corpus, implications)]
+        from transformers import AutoTokenizer
+
+        rows, cover = memorize_rows(corpus, AutoTokenizer.from_pretrained(base_model), recipe.max_length,
+                                    min(recipe.chunk_overlap, recipe.max_length // 4), implications)
         m1 = train_stage("memorize", Path(base_model), rows, recipe, s1, s1 / "model", recipe.epochs_memorize,
                          recipe.lr_memorize, recipe.max_steps_memorize, packing=True,
-                         manifest_extra={"run_key": key, "corpus_id": corpus.id}, progress=progress)
+                         manifest_extra={"run_key": key, "corpus_id": corpus.id}, progress=progress,
+                         min_steps=recipe.min_steps_memorize, extra_metrics={
+                             "coverage": cover["coverage"], "corpus_tokens": cover["corpus_tokens"],
+                             "windows": cover["window_count"], "texts_split": cover["texts_split"],
+                             "implications": sum(len(v) for v in (implications or {}).values())})
     return {"model": s1 / "model", "metrics": m1, "run_key": key}
 
 
@@ -255,7 +344,7 @@ def run_qa(corpus_path: Path, stage1_model: Path, base_model: Path, recipe: SFTR
     qa = _corpus_qa(corpus, qa, Path(corpus_path))
     work, out_dir, stage1_model = Path(work_dir), Path(out_dir), Path(stage1_model)
     work.mkdir(parents=True, exist_ok=True)
-    split = write_splits(corpus, work / "splits", qa, recipe.eval_fraction, recipe.seed)
+    split = write_splits(corpus, work / "splits", qa, recipe.eval_fraction, recipe.seed, recipe.split_by)
     result = {"model": out_dir, "eval_split": work / "splits" / "eval.jsonl",
               "train_split": work / "splits" / "train.jsonl"}
     train_ids = {json.loads(line)["id"] for line in result["train_split"].read_text().splitlines()}
@@ -277,7 +366,8 @@ def run_qa(corpus_path: Path, stage1_model: Path, base_model: Path, recipe: SFTR
     else:
         m2 = train_stage("qa", stage1_model, qa_examples(train_qa), recipe, s2, tmp_final, recipe.epochs_qa,
                          recipe.lr_qa, recipe.max_steps_qa, packing=False,
-                         manifest_extra={"run_key": key, "corpus_id": corpus.id}, progress=progress)
+                         manifest_extra={"run_key": key, "corpus_id": corpus.id}, progress=progress,
+                         min_steps=recipe.min_steps_qa, after_train=_training_check(train_qa, recipe))
     metrics["qa"] = m2
     stage = staging_dir(out_dir)
     try:

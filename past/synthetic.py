@@ -149,7 +149,8 @@ def write_corpus(domain: Domain, dest: Path, rewrites: int = 3, qa_kinds: tuple[
         extra = "\n\n".join(rw.get(doc["id"], []))
         (dest / f"{doc['id']}.md").write_text(doc["text"] + ("\n\n" + extra if extra else "") + "\n")
     rows = [r for k in qa_kinds for r in domain.qa[k]]
-    (dest / "qa.jsonl").write_text("".join(json.dumps({k: r[k] for k in ("question", "answer", "doc_id")}) + "\n"
+    if rows:  # qa_kinds=() writes a documents-only corpus
+        (dest / "qa.jsonl").write_text("".join(json.dumps({k: r[k] for k in ("question", "answer", "doc_id")}) + "\n"
                                            for r in rows))
     return dest
 
@@ -162,3 +163,38 @@ def write_heldout(domain: Domain, path: Path, kinds: tuple[str, ...] = ("paraphr
     path.write_text("".join(json.dumps({**r, "corpus_id": corpus_id, "kind": k}) + "\n"
                             for k in kinds for r in domain.qa[k]))
     return path
+
+
+_PARTS = ["pump", "valve", "relay", "gauge", "filter", "rotor", "sensor", "bearing"]
+_SITES = ["Tessaport", "Brisco", "Fendle", "Calyx", "Orrin", "Duvale", "Marrow", "Quessa"]
+
+
+def long_document(seed: int, name: str, n_sections: int, per_section: int = 12) -> tuple[str, list[dict]]:
+    """A long made-up field manual (markdown sections of one-fact sentences) and every fact with its depth.
+
+    Each sentence states one random fact about one unit; `depth` is the sentence's character offset / the
+    document's length, so recall can be read by where in the document a fact sits (the LooGLE question)."""
+    rng = random.Random(f"{seed}:{name}")
+    parts, facts, pos = [f"# {name} Field Manual"], [], 0
+    body = []
+    for s in range(n_sections):
+        body.append(f"## Section {s + 1}: {rng.choice(_PARTS)} maintenance")
+        for i in range(per_section):
+            unit = f"{name[:3].upper()}-{s + 1:02d}{i:02d}"
+            kind = rng.randrange(3)
+            if kind == 0:
+                v = f"{rng.randint(12, 480)} bar"
+                sent, cue = f"Unit {unit} is rated for a pressure of {v}.", f"Unit {unit} is rated for a pressure of"
+            elif kind == 1:
+                v = rng.choice(_SITES)
+                sent, cue = f"Spare parts for unit {unit} are stored in {v}.", f"Spare parts for unit {unit} are stored in"
+            else:
+                v = f"{rng.randint(2, 52)} weeks"
+                sent, cue = f"Unit {unit} must be inspected every {v}.", f"Unit {unit} must be inspected every"
+            body.append(sent)
+            facts.append({"unit": unit, "sentence": sent, "cue": cue, "answer": v})
+    text = "\n\n".join(parts + body)
+    for f in facts:
+        pos = text.index(f["sentence"])
+        f["depth"] = round(pos / len(text), 4)
+    return text, facts

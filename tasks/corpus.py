@@ -9,7 +9,7 @@ from prefect import task
 from past import inbox
 from past.corpus import CorpusError, load_corpus, read_qa_jsonl, validate
 from past.models import sha256_file
-from tasks.common import settings
+from tasks.common import CACHED, settings
 
 
 @task(retries=2, retry_delay_seconds=5)
@@ -38,6 +38,27 @@ def resolve_corpus(corpus: str) -> dict:
     c = load_corpus(path)
     return {"corpus_id": c.id, "path": str(path.resolve()), "name": c.name, "documents": len(c.documents),
             "qa": len(c.qa)}
+
+
+@task(cache_policy=CACHED, persist_result=True)
+def teacher_qa(corpus: dict) -> dict:
+    """Teacher QA + implications when the corpus ships fewer than `teacher_min_qa` pairs (cached by content)."""
+    from past.teacher import teach_corpus
+
+    s = settings()
+    return teach_corpus(s, load_corpus(Path(corpus["path"])), Path(s.home) / "teacher")
+
+
+def teacher_metrics(teacher: dict) -> dict[str, float]:
+    """What the teacher produced, as MLflow metrics (counts, drops, cache hits, seconds)."""
+    if not teacher.get("generated"):
+        return {"teacher_generated": 0.0}
+    st = teacher.get("stats", {})
+    return {"teacher_generated": 1.0, "teacher_qa": float(teacher["qa"]),
+            "teacher_implications": float(teacher["implications"]), "teacher_seconds": float(teacher["seconds"]),
+            "teacher_cached_chunks": float(st.get("cached", 0)), "teacher_dropped_items": float(st.get("dropped_items", 0)),
+            "teacher_failed_documents": float(st.get("failed_documents", 0)),
+            "teacher_malformed_responses": float(st.get("malformed_responses", 0))}
 
 
 @task

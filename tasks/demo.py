@@ -11,7 +11,8 @@ from prefect import task
 from past.inbox import READY_MARKER
 from past.registry import Registry
 from past.synthetic import make_domains, write_corpus
-from tasks.common import settings
+from tasks.common import ACCELERATOR_TAG, CACHED, settings
+from tasks.gate import evalset_path
 
 
 @task(persist_result=True)
@@ -25,7 +26,9 @@ def make_demo_corpora(seed: int, n_source: int, n_target: int) -> dict:
         if not path.exists():
             tmp = root / f".tmp-{name}-{os.getpid()}"
             shutil.rmtree(tmp, ignore_errors=True)
-            write_corpus(domain, tmp, rewrites=3)
+            # the source ships QA (the refresh trains on it); the new corpus arrives as documents only, the
+            # most common case for a support bot: adapt's teacher writes its QA
+            write_corpus(domain, tmp, rewrites=3, qa_kinds=("train",) if name == "source" else ())
             os.replace(tmp, path)
         paths[name] = str(path)
     return paths
@@ -44,8 +47,19 @@ def drop_into_inbox(corpus_dir: str, name: str) -> str:
     return str(final)
 
 
+@task(cache_policy=CACHED, persist_result=True, tags=[ACCELERATOR_TAG])
+def compare_on_new_corpus(corpus_id: str, models: dict[str, str]) -> dict[str, dict]:
+    """Closed-book recall of each model on the gate's new-corpus items (transformers, in-process)."""
+    from past.corpus import read_qa_jsonl
+    from past.recall import recall_of_folder
+
+    items = read_qa_jsonl(evalset_path(settings().home, corpus_id))
+    return {name: recall_of_folder(Path(path), items) for name, path in models.items()}
+
+
 @task
-def summarize_demo(skill: dict, watched: dict, timings: dict, model_name: str) -> str:
+def summarize_demo(skill: dict, watched: dict, timings: dict, model_name: str,
+                   comparison: dict[str, dict] | None = None) -> str:
     """The closing summary: skill vector, adaptation verdicts, the champion's gate scores, where to look."""
     s = settings()
     reg = Registry(s)
@@ -57,6 +71,13 @@ def summarize_demo(skill: dict, watched: dict, timings: dict, model_name: str) -
     for run in watched["started"]:
         lines.append(f"adapted corpus {run['corpus_id'][:12]} -> {model_name} v{run['version']}: "
                      f"{'PROMOTED' if run['promoted'] else 'rejected'}")
+        r = run["result"]
+        lines.append(f"  teacher: {r['teacher']}; training check (own training QA, closed-book): "
+                     + (f"{r['training_check']['correct']}/{r['training_check']['n']}" if r.get("training_check") else "off"))
+        lines.append(f"  reason: {r['reason']}")
+    for name, rec in (comparison or {}).items():
+        lines.append(f"  new-corpus recall, {name:<16} {rec['correct']:>3}/{rec['n']:<3} = {rec['accuracy']:.3f} "
+                     f"[{rec['lower']:.3f}, {rec['upper']:.3f}] (95% Wilson; transformers greedy)")
     if not watched["started"]:
         lines.append("no new corpus this time (the target corpus was adapted before: duplicate content)")
     mv = reg.champion(model_name)
@@ -65,7 +86,8 @@ def summarize_demo(skill: dict, watched: dict, timings: dict, model_name: str) -
         m = reg.client.get_run(latest.run_id).data.metrics
         lines.append(f"gate of v{latest.version}: {latest.tags.get('gate', '?')} - {latest.tags.get('gate_reason', '')}")
         lines += [f"  {k:<36} {m[k]:.3f}" for k in sorted(m)
-                  if k.startswith(("candidate_", "champion_")) and k.endswith(("_accuracy", "_f1"))]
+                  if k.startswith(("candidate_", "champion_", "new_diff")) and k.endswith(("_accuracy", "_f1", "_lower",
+                                                                                           "_upper", "diff"))]
     lines.append(f"champion: {model_name} v{mv.version}" if mv is not None else "champion: none yet")
     lines += [f"wall time: refresh {timings['refresh']:.0f}s, adapt {timings['adapt']:.0f}s, total {timings['total']:.0f}s",
               f"MLflow (runs, versions, gate tables): `.venv/bin/past ui` -> http://127.0.0.1:5000  [{s.mlflow_uri}]",

@@ -32,13 +32,15 @@ def retention_items(home: Path, model_name: str, exclude: str, n: int, seed: int
 
 
 @task(retries=1, retry_delay_seconds=10)
-def serve_and_gate(candidate: dict, corpus_id: str, model_name: str, served_name: str, out_dir: str) -> dict:
+def serve_and_gate(candidate: dict, corpus_id: str, model_name: str, served_name: str, out_dir: str,
+                   training_check: dict | None = None) -> dict:
     """Held-out QA of the new corpus + retention sample + general prompts, candidate vs champion; fail closed."""
     s = settings()
     new = load_eval_items(evalset_path(s.home, corpus_id), kind="new")
     items = build_eval_set(new, retention_items(s.home, model_name, corpus_id, s.gate_retention_items, s.seed))
     champion = Registry(s).champion_ref(model_name)
-    report = run_gate(require(candidate), items, s, served_name=served_name, champion=champion)
+    report = run_gate(require(candidate), items, s, served_name=served_name, champion=champion,
+                      training_check=training_check)
     path = report.write(out_dir)
     d = report.decision
     return {"report": str(path), "passed": d.passed, "reason": d.reason, "metrics": d.metrics,

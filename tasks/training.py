@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import shutil
 from pathlib import Path
 
 from prefect import task
 
 from past.grpo import GRPORecipe
+from past.corpus import load_corpus, read_qa_jsonl
+from past.evaluation import select_new_items
 from past.models import resolve_model
+from past.qa import read_implications
 from past.rewards import judge_reward_from_settings
 from past.sft import SFTRecipe, run_memorize, run_qa
 from tasks.common import ACCELERATOR_TAG, CACHED, artifact, require, settings
@@ -28,24 +32,35 @@ def base_model() -> dict:
 
 
 @task(cache_policy=CACHED, persist_result=True, tags=[ACCELERATOR_TAG])
-def sft_memorize(corpus: dict, base: dict, work_dir: str) -> dict:
-    """SFT stage 1: causal-LM loss on the corpus documents (LoRA, merged). Resumes from its checkpoint."""
-    r = run_memorize(Path(corpus["path"]), require(base), sft_recipe(), Path(work_dir))
+def sft_memorize(corpus: dict, base: dict, work_dir: str, teacher: dict | None = None) -> dict:
+    """SFT stage 1: causal-LM loss on the documents (+ teacher implications), every token in some window."""
+    impl = read_implications(Path(teacher["path"]) / "implications.jsonl") if teacher and teacher.get("generated") else None
+    r = run_memorize(Path(corpus["path"]), require(base), sft_recipe(), Path(work_dir), implications=impl)
     return artifact(r["model"], metrics=r["metrics"])
 
 
 @task(cache_policy=CACHED, persist_result=True, tags=[ACCELERATOR_TAG])
-def sft_qa(corpus: dict, stage1: dict, base: dict, work_dir: str, out_dir: str) -> dict:
-    """SFT stage 2: chat QA, loss on answers only; keeps the held-out split for this and later gates."""
+def sft_qa(corpus: dict, stage1: dict, base: dict, work_dir: str, out_dir: str, teacher: dict | None = None) -> dict:
+    """SFT stage 2: chat QA (own + teacher), loss on answers only; keeps the held-out split for the gates."""
     s = settings()
     recipe = sft_recipe()
-    r = run_qa(Path(corpus["path"]), require(stage1), require(base), recipe, Path(work_dir), Path(out_dir))
+    extra = read_qa_jsonl(Path(teacher["path"]) / "qa.jsonl") if teacher and teacher.get("generated") else None
+    r = run_qa(Path(corpus["path"]), require(stage1), require(base), recipe, Path(work_dir), Path(out_dir), qa=extra)
+    rows = [json.loads(line) for line in Path(r["eval_split"]).read_text().splitlines() if line.strip()]
+    human = {p.id for p in load_corpus(Path(corpus["path"])).qa}
+    rows, source = select_new_items(rows, human, s.gate_min_new_items)
     keep = evalset_path(s.home, corpus["corpus_id"])
     keep.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(r["eval_split"], keep)
+    tmp = keep.with_suffix(".tmp")
+    tmp.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
+    tmp.replace(keep)
     flat = {f"sft_{stage}_{k}": v for stage in ("memorize", "qa") for k, v in (r["metrics"].get(stage) or {}).items()
             if isinstance(v, (int, float)) and not isinstance(v, bool)}
-    return artifact(out_dir, metrics=flat, recipe=dataclasses.asdict(recipe), eval_split=str(keep))
+    check = (r["metrics"].get("qa") or {}).get("train_recall")
+    if check and check.get("n"):
+        flat |= {"train_recall": check["accuracy"], "train_recall_lower": check["lower"]}
+    return artifact(out_dir, metrics=flat, recipe=dataclasses.asdict(recipe), eval_split=str(keep),
+                    eval_source=source, eval_items=len(rows), training_check=check)
 
 
 @task(cache_policy=CACHED, persist_result=True, tags=[ACCELERATOR_TAG])

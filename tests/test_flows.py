@@ -43,7 +43,8 @@ def write_corpus(root: Path, tag: str, n_docs: int = 3) -> Path:
 def env(monkeypatch, tiny_model_dir: Path) -> None:
     for k, v in {"PAST_BASE_MODEL": str(tiny_model_dir), "PAST_GATE_MIN_ACCURACY": "0",
                  "PAST_GATE_RETENTION_TOLERANCE": "1", "PAST_SFT_EPOCHS_MEMORIZE": "1", "PAST_SFT_EPOCHS_QA": "1",
-                 "PAST_GATE_MAX_TOKENS": "8"}.items():
+                 "PAST_GATE_MAX_TOKENS": "8", "PAST_GATE_MIN_NEW_ITEMS": "1", "PAST_GATE_MARGIN": "-1",
+                 "PAST_SFT_MIN_TRAIN_RECALL": "0", "PAST_SFT_MIN_STEPS_QA": "2"}.items():
         monkeypatch.setenv(k, v)
 
 
@@ -185,3 +186,94 @@ def test_refresh_skill_flow_registers_current_vector_with_lineage(harness, env, 
     with pytest.raises(Exception, match="rl.jsonl"):  # checked before any training; nothing registered
         refresh_skill(str(source), rounds=2, rl_questions=str(bad))
     assert len(reg.client.search_model_versions("name='past-skill-vector'")) == 1
+
+
+def _shape(root: Path, shape: str) -> Path:
+    """One documented corpus variant (docs/corpus.md) that validates."""
+    from tests.test_chunking import long_document
+
+    root.mkdir(parents=True)
+    for i in range(4):
+        (root / f"d{i}.md").write_text(f"# {shape} unit {i}\nThe {shape} unit {i} weighs {i + 10} kilograms. "
+                                       f"It is serviced in the town of Brisco every {i + 2} weeks.\n")
+    if shape == "long":
+        (root / "manual.md").write_text(long_document(4))
+    qa = [{"question": f"How much does the {shape} unit {i} weigh?", "answer": f"{i + 10} kilograms",
+           "doc_id": f"d{i}"} for i in range(4)]
+    if shape == "qa-no-doc-id":
+        qa = [{k: v for k, v in q.items() if k != "doc_id"} for q in qa]
+    if shape != "docs-only" and shape != "long":
+        (root / "qa.jsonl").write_text("".join(json.dumps(q) + "\n" for q in qa))
+    if shape == "jsonl-docs":
+        for p in root.glob("d*.md"):
+            p.unlink()
+        (root / "docs.jsonl").write_text("".join(json.dumps({"id": f"d{i}", "title": f"unit {i}", "text":
+                                         f"The unit {i} weighs {i + 10} kilograms in the depot."}) + "\n" for i in range(4)))
+    return root
+
+
+@pytest.mark.parametrize("shape", ["docs-only", "qa-with-doc-id", "qa-no-doc-id", "jsonl-docs", "long"])
+def test_every_valid_corpus_shape_reaches_a_gate_decision(harness, env, shape, monkeypatch, tmp_path) -> None:
+    """Docs only (the teacher writes QA), QA with and without doc_id, JSONL documents, a long document."""
+    from flows.adapt import adapt
+
+    monkeypatch.setenv("PAST_SFT_MIN_STEPS_QA", "1")
+    corpus = _shape(tmp_path / shape, shape)
+    with FakeOpenAI(lambda q: "10 kilograms") as fake:
+        monkeypatch.setenv("PAST_SERVE_URL", fake.url)
+        out = adapt(str(corpus), model_name=f"bot-{shape}")
+    assert out["version"] == "1" and isinstance(out["promoted"], bool) and out["reason"], out
+    assert "new_items" in out["gate"] and out["gate"]["new_items"] >= 1, out["gate"]
+    run = Registry(load_settings()).client.get_run(out["mlflow_run_id"])
+    assert run.data.metrics["teacher_generated"] == 1.0  # every shape here ships < teacher_min_qa pairs
+    assert run.data.params["teacher"] == "extractive"
+    assert run.data.metrics["sft_memorize_coverage"] == 1.0
+    if shape == "long":
+        assert run.data.metrics["sft_memorize_texts_split"] >= 1
+
+
+def test_archive_in_the_inbox_reaches_a_gate_decision(harness, env, monkeypatch, tmp_path) -> None:
+    import tarfile
+
+    from flows.watch import watch
+
+    s = load_settings()
+    src = _shape(tmp_path / "src", "docs-only")
+    (s.home / "inbox").mkdir(parents=True)
+    arc = s.home / "inbox" / "faq.tar.gz"
+    with tarfile.open(arc, "w:gz") as tf:
+        tf.add(src, arcname="faq")
+    old = time.time() - 120
+    os.utime(arc, (old, old))
+    with FakeOpenAI(lambda q: "10 kilograms") as fake:
+        monkeypatch.setenv("PAST_SERVE_URL", fake.url)
+        result = watch(settle_s=10, mode="inline", model_name="bot-archive", deployment="unused")
+    assert len(result["started"]) == 1 and result["started"][0]["version"] == "1"
+    assert read_ledger(s.home, result["claims"][0]["corpus_id"])["status"] in ("promoted", "rejected")
+
+
+def test_docs_only_corpus_with_an_endpoint_teacher(harness, env, monkeypatch, tmp_path) -> None:
+    """teacher_base_url set: adapt asks that endpoint for QA + implications (and records what it got)."""
+    from flows.adapt import adapt
+
+    def answer(prompt: str) -> str:
+        if "Reply with ONE JSON object" in prompt:
+            title = prompt.split("Title: ", 1)[1].splitlines()[0]
+            return json.dumps({"qa": [{"question": f"What does the {title} weigh?", "answer": "10 kilograms"},
+                                      {"question": "", "answer": "dropped"}],
+                               "implications": [f"The {title} is heavy."]})
+        return "10 kilograms"
+
+    monkeypatch.setenv("PAST_SFT_MIN_STEPS_QA", "1")
+    corpus = _shape(tmp_path / "docs", "docs-only")
+    with FakeOpenAI(answer) as fake:
+        monkeypatch.setenv("PAST_SERVE_URL", fake.url)
+        monkeypatch.setenv("PAST_TEACHER_BASE_URL", fake.url)
+        monkeypatch.setenv("PAST_TEACHER_MODEL", "teacher")
+        out = adapt(str(corpus), model_name="bot-endpoint-teacher")
+        teacher_prompts = sum("Reply with ONE JSON object" in p for p in fake.prompts)
+    assert teacher_prompts == 4, "one teacher request per document"
+    run = Registry(load_settings()).client.get_run(out["mlflow_run_id"])
+    assert run.data.params["teacher"] == "endpoint"
+    assert run.data.metrics["teacher_qa"] == 4 and run.data.metrics["teacher_dropped_items"] == 4
+    assert out["gate"]["new_items"] >= 1 and out["reason"]

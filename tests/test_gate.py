@@ -125,7 +125,7 @@ def items(qa_file: Path) -> list[EvalItem]:
 
 @pytest.fixture()
 def settings():
-    return load_settings(gate_request_timeout_s=0.5, gate_concurrency=4, gate_min_accuracy=0.5)
+    return load_settings(gate_request_timeout_s=0.5, gate_concurrency=4, gate_min_accuracy=0.5, gate_min_new_items=10)
 
 
 @pytest.fixture()
@@ -150,9 +150,13 @@ def right_answers(items) -> dict[str, str]:
 
 
 # --- eval-set loading ------------------------------------------------------------------------------------
-def test_load_eval_items_schema(qa_file: Path) -> None:
+def test_load_eval_items_schema(qa_file: Path, tmp_path: Path) -> None:
     got = load_eval_items(qa_file)
     assert len(got) == 12 and got[0] == EvalItem("q0", QA[0]["question"], "word0", "d0", "c1", "new")
+    # the split writes doc_id null for QA that named no document (documented): the gate reads it
+    p = tmp_path / "eval.jsonl"
+    p.write_text(json.dumps(QA[0] | {"doc_id": None}) + "\n")
+    assert load_eval_items(p)[0].doc_id == ""
 
 
 @pytest.mark.parametrize("line,match", [
@@ -191,27 +195,50 @@ def results(kind_correct: dict[str, list[bool]], errors: int = 0) -> list[ItemRe
 
 
 def test_decide_floor_only_without_champion(settings) -> None:
-    assert decide(results({"new": [True, True, False, False]}), None, settings).passed  # 0.5 ≥ 0.5
-    d = decide(results({"new": [True, False, False, False]}), None, settings)
-    assert not d.passed and "below the floor" in d.reason
+    # the floor is on the Wilson lower bound, not the point estimate
+    d = decide(results({"new": [True] * 15 + [False] * 5}), None, settings)  # 0.75, lower bound 0.53
+    assert d.passed, d.reason
+    assert d.metrics["candidate_new_accuracy_lower"] == pytest.approx(0.531, abs=1e-3)
+    d = decide(results({"new": [True] * 12 + [False] * 8}), None, settings)  # 0.6 ≥ 0.5, but lower bound 0.39
+    assert not d.passed and "does not clear the floor 0.500" in d.reason and "n=20" in d.reason
+
+
+def test_decide_refuses_too_few_new_items(settings) -> None:
+    d = decide(results({"new": [True] * 4}), None, settings)  # 4 of 4 right, and still no decision
+    assert not d.passed and "only 4 new-corpus items, fewer than gate_min_new_items 10" in d.reason
+
+
+def test_decide_training_check_is_a_named_failure(settings) -> None:
+    s = dataclasses.replace(settings, sft_min_train_recall=0.5)
+    check = {"n": 10, "correct": 2, "accuracy": 0.2, "lower": 0.06, "upper": 0.51}
+    d = decide(results({"new": [True] * 20}), None, s, training_check=check)
+    assert not d.passed and "SFT did not take: the candidate answered 2 of 10" in d.reason
+    assert d.metrics["train_recall"] == 0.2
+    assert decide(results({"new": [True] * 20}), None, s, training_check=check | {"correct": 8, "accuracy": 0.8}).passed
 
 
 def test_decide_margin_retention_general(settings) -> None:
     s = dataclasses.replace(settings, gate_margin=0.3, gate_retention_tolerance=0.1)
-    champ = results({"new": [True, True, False, False], "retention": [True] * 10, "general": [True] * 4})
-    better = results({"new": [True, True, True, True], "retention": [True] * 9 + [False], "general": [True] * 4})
+    champ = results({"new": [True] * 5 + [False] * 15, "retention": [True] * 10, "general": [True] * 4})
+    better = results({"new": [True] * 20, "retention": [True] * 9 + [False], "general": [True] * 4})
     d = decide(better, champ, s, "m/1", "h")
     assert d.passed, d.reason
     assert d.champion_version == "m/1" and d.metrics["retention_drop"] == pytest.approx(0.1)
-    # beats the champion but not by the margin
-    d = decide(results({"new": [True, True, True, False], "retention": [True] * 10, "general": [True] * 4}),
-               champ, s)
-    assert not d.passed and "does not beat the champion" in d.reason
+    assert d.metrics["new_diff"] == pytest.approx(0.75) and 0.3 < d.metrics["new_diff_lower"] < 0.75
+    # better than the champion (0.75 vs 0.25), but the paired lower bound does not clear the margin
+    d = decide(results({"new": [True] * 15 + [False] * 5, "retention": [True] * 10, "general": [True] * 4}),
+               champ, dataclasses.replace(s, gate_margin=0.45))
+    assert not d.passed and "paired difference +0.500" in d.reason and "below the margin +0.450" in d.reason
+    # a tie with the champion is no evidence of improvement at margin 0; a negative margin tolerates it
+    tie = dataclasses.replace(s, gate_margin=0.0)
+    assert not decide(champ, champ, tie).passed
+    assert decide(results({"new": [True] * 20}), results({"new": [True] * 20}),
+                  dataclasses.replace(s, gate_margin=-0.2)).passed
     # retention drop beyond tolerance
-    d = decide(results({"new": [True] * 4, "retention": [True] * 8 + [False] * 2, "general": [True] * 4}), champ, s)
+    d = decide(results({"new": [True] * 20, "retention": [True] * 8 + [False] * 2, "general": [True] * 4}), champ, s)
     assert not d.passed and "retention accuracy dropped 0.200" in d.reason
     # general prompts are protected the same way
-    d = decide(results({"new": [True] * 4, "retention": [True] * 10, "general": [True, False, False, True]}),
+    d = decide(results({"new": [True] * 20, "retention": [True] * 10, "general": [True, False, False, True]}),
                champ, s)
     assert not d.passed and "general accuracy dropped" in d.reason
 
@@ -221,7 +248,7 @@ def test_decide_fails_closed_on_errors_and_mismatch(settings) -> None:
     d = decide(many, None, settings)
     assert not d.passed and "candidate: 2/20 requests failed" in d.reason and "APITimeoutError" in d.reason
     assert decide(results({"new": [True] * 20}, errors=1), None, settings).passed  # 5% is allowed
-    d = decide(results({"new": [True] * 4}), results({"new": [True] * 3}), settings)
+    d = decide(results({"new": [True] * 10}), results({"new": [True] * 3}), settings)
     assert not d.passed and "same items" in d.reason
     d = decide(results({"retention": [True]}), None, settings)
     assert not d.passed and "no new-corpus items" in d.reason
@@ -353,9 +380,10 @@ def test_judge_verdicts_decide_and_are_cached(items, settings, servers) -> None:
     assert not rep.decision.passed and "judge gave no verdict" in rep.decision.reason
 
 
-def test_cli_gate_exit_codes(qa_file, servers, tmp_path, capsys) -> None:
+def test_cli_gate_exit_codes(qa_file, servers, tmp_path, capsys, monkeypatch) -> None:
     from past.cli import main
 
+    monkeypatch.setenv("PAST_GATE_MIN_NEW_ITEMS", "10")
     items = load_eval_items(qa_file)
     good, bad = servers("good", right_answers(items)), servers("wrong")
     args = ["gate", "--eval", str(qa_file), "--no-general", "--out", str(tmp_path / "r")]
@@ -363,5 +391,5 @@ def test_cli_gate_exit_codes(qa_file, servers, tmp_path, capsys) -> None:
     assert "PASS" in capsys.readouterr().out and (tmp_path / "r" / "gate-report.json").is_file()
     assert main([*args, "--url", good.url, "--champion-url", bad.url, "--name", "m"]) == 0
     assert main([*args, "--url", bad.url, "--name", "m"]) == 1
-    assert "FAIL: new-corpus accuracy 0.000 below the floor" in capsys.readouterr().out
+    assert "FAIL: new-corpus accuracy 0.000 (lower 95% bound 0.000, n=12) does not clear the floor" in capsys.readouterr().out
     assert main(["gate", "--eval", str(qa_file)]) == 2  # neither --model nor --url

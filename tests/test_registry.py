@@ -22,7 +22,7 @@ def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture()
 def reg(home: Path, monkeypatch: pytest.MonkeyPatch) -> Registry:
     monkeypatch.setenv("PAST_HOME", str(home))  # the CLI tests read the same store
-    return Registry(load_settings(home=home, gate_min_accuracy=0.5))
+    return Registry(load_settings(home=home, gate_min_accuracy=0.5, gate_min_new_items=4))
 
 
 _counter = iter(range(10_000))
@@ -82,11 +82,11 @@ def test_fail_leaves_champion_and_records_why(reg: Registry, tmp_path: Path) -> 
     reg.conclude("fail-model", v1, run1, rep1)
     run2, v2, rep2 = adapt(reg, tmp_path, "fail-model", 1)
     out = reg.conclude("fail-model", v2, run2, rep2)
-    assert not out.promoted and "below the floor" in out.reason
+    assert not out.promoted and "does not clear the floor" in out.reason
     assert reg.champion("fail-model").version == int(v1)
     mv = reg.version("fail-model", v2)
     assert mv.tags["gate"] == "failed" and mv.tags["rejected"] == "true"
-    assert "below the floor" in mv.tags["rejected_reason"]
+    assert "does not clear the floor" in mv.tags["rejected_reason"]
     assert reg.client.get_run(run2).data.tags["gate"] == "failed"
     # a fault (server never started) is a failed decision too: nothing promoted
     run3 = reg.start_run("c")
@@ -187,7 +187,7 @@ def test_cli_promote_rollback_history(reg: Registry, tmp_path: Path, capsys: pyt
         vs.append(v)
     assert main(["history", "cli-model"]) == 0
     out = capsys.readouterr().out
-    assert f"{vs[0]} → {vs[1]}" in out and "below the floor" in out
+    assert f"{vs[0]} → {vs[1]}" in out and "does not clear the floor" in out
     assert main(["rollback", "cli-model"]) == 0 and reg.champion("cli-model").version == int(vs[0])
     assert main(["promote", "cli-model", vs[2]]) == 2  # failed its gate: refused, one error line
     assert "failed its gate" in capsys.readouterr().err

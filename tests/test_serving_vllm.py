@@ -102,10 +102,10 @@ def served(tiny_model_dir: Path, serve_python: Path, tmp_path_factory: pytest.Te
 
 def test_gate_runs_through_real_server(served, tmp_path: Path) -> None:
     server, ep = served
-    s = settings_for(serve_url=ep.base_url, gate_min_accuracy=0.0)
+    s = settings_for(serve_url=ep.base_url, gate_min_accuracy=0.0, gate_min_new_items=1, gate_margin=-1.0)
     items = build_eval_set(QA)  # + the general prompts
     rep = run_gate(None, items, s, "tiny/1", champion=Champion("tiny/1", url=ep.base_url), log=lambda m: None)
-    assert rep.decision.passed, rep.decision.reason  # floor 0, same model as champion: no regression
+    assert rep.decision.passed, rep.decision.reason  # floor 0, same model as champion, a tie tolerated
     assert rep.decision.metrics["candidate_errors"] == 0 and rep.decision.metrics["champion_errors"] == 0
     assert all(isinstance(r.answer, str) and r.answer for r in rep.candidate)
     assert len(rep.champion) == len(items) and server.alive()

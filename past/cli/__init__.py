@@ -22,6 +22,7 @@ COMMAND_MODULES = [
     "past.cli.corpus",
     "past.cli.sft",
     "past.cli.registry",
+    "past.cli.adapt",
     "past.cli.up",
     "past.cli.smoke",
 ]

@@ -36,14 +36,17 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     g = csub.add_parser("generate-qa", help="ask a teacher endpoint for QA pairs and implications per document",
                         description="Writes qa.jsonl, implications.jsonl and stats.json into --out. Results are "
-                        "cached in <home>/cache/qa by (document sha256, prompt version, model). Without a "
-                        "configured teacher (teacher_base_url), the base model is served with vLLM and used.")
+                        "cached in <home>/cache/qa by (document sha256, prompt version, model). Which teacher: "
+                        "the `teacher` setting (default auto: the endpoint when teacher_base_url is set, else the "
+                        "built-in extractive teacher; `self` serves the base model with vLLM).")
     g.add_argument("path", type=Path, help="corpus folder or archive")
     g.add_argument("--out", type=Path, required=True, help="output folder")
     g.add_argument("--base-url", default=None, help="teacher base URL (default: teacher_base_url setting)")
     g.add_argument("--model", default=None, help="teacher model name (default: teacher_model setting)")
-    g.add_argument("--n-qa", type=int, default=5, help="QA pairs per document")
-    g.add_argument("--n-implications", type=int, default=5, help="implications per document")
+    g.add_argument("--teacher", choices=["auto", "extractive", "endpoint", "self"], default=None,
+                   help="which teacher (default: the teacher setting)")
+    g.add_argument("--n-qa", type=int, default=None, help="QA pairs per document (default: teacher_n_qa)")
+    g.add_argument("--n-implications", type=int, default=None, help="implications per document")
     g.add_argument("--retries", type=int, default=4, help="retries of a failing request")
     g.add_argument("--min-interval", type=float, default=0.0, help="minimum seconds between requests")
     g.set_defaults(func=run_generate)
@@ -105,21 +108,15 @@ def run_split(args: argparse.Namespace) -> int:
 def run_generate(args: argparse.Namespace) -> int:
     from past.config import load_settings
     from past.corpus import load_corpus
-    from past.models import resolve_model
-    from past.qa import QAGenConfig, generate, teacher_endpoint, write_generated
-    from past.serving import serve_or_connect
+    from past.qa import QAGenConfig, write_generated
+    from past.teacher import run_teacher
 
-    s = load_settings(teacher_base_url=args.base_url, teacher_model=args.model)
-    cfg = QAGenConfig(n_qa=args.n_qa, n_implications=args.n_implications, retries=args.retries,
-                      min_interval_s=args.min_interval)
+    s = load_settings(teacher_base_url=args.base_url, teacher_model=args.model, teacher=args.teacher)
+    cfg = QAGenConfig(n_qa=args.n_qa or s.teacher_n_qa, n_implications=args.n_implications or s.teacher_n_implications,
+                      retries=args.retries, min_interval_s=args.min_interval)
     with opened_corpus(args.path) as root:
         corpus = load_corpus(root)
-        if s.teacher_base_url:
-            server = contextlib.nullcontext(teacher_endpoint(s))
-        else:  # the settings' documented fallback: the served base model is the teacher
-            server = serve_or_connect(resolve_model(s.base_model, s.models_dir), "teacher", s)
-        with server as endpoint:
-            result = generate(corpus.documents, endpoint, s.home / "cache" / "qa", cfg)
+        result, record = run_teacher(s, corpus.documents, cfg, progress=True)
     stats = write_generated(result, args.out)
-    print(json.dumps(stats, indent=2))
+    print(json.dumps(stats | {"teacher": record["teacher"], "seconds": record["seconds"]}, indent=2))
     return 0
