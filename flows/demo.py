@@ -19,6 +19,10 @@ import time
 DEMO_DEFAULTS = {
     "PAST_GRPO_ROUNDS": "2", "PAST_GRPO_MAX_STEPS": "10", "PAST_GRPO_NUM_GENERATIONS": "4",
     "PAST_GRPO_MAX_COMPLETION_LENGTH": "16", "PAST_SFT_EPOCHS_MEMORIZE": "3", "PAST_SFT_EPOCHS_QA": "3",
+    # 10 articles x 8 teacher questions, 30 % held out: 24 new-corpus items, above gate_min_new_items (20)
+    "PAST_SFT_EVAL_FRACTION": "0.3",
+    # LoRA at 1e-3 on the 135M model: 2e-4 recalled 23 % of the training QA on dev data, 1e-3 77 %
+    "PAST_SFT_LEARNING_RATE": "1e-3",
 }
 
 from prefect import flow  # noqa: E402
@@ -29,7 +33,7 @@ from tasks.demo import compare_on_new_corpus, drop_into_inbox, make_demo_corpora
 
 
 @flow(name="demo")
-def demo(seed: int = 0, n_source: int = 8, n_target: int = 6, model_name: str = "support-bot") -> dict:
+def demo(seed: int = 0, n_source: int = 8, n_target: int = 10, model_name: str = "support-bot") -> dict:
     """Refresh a skill vector on a source domain, then let the watcher adapt the model to a new corpus."""
     t0 = time.monotonic()
     corpora = make_demo_corpora(seed, n_source, n_target)

@@ -19,7 +19,7 @@ def past(*args: str, env: dict | None = None, timeout: int = 300) -> subprocess.
 def test_help_lists_commands() -> None:
     r = past("--help")
     assert r.returncode == 0
-    for cmd in ("doctor", "config", "model", "smoke", "skill", "corpus", "sft", "gate", "up"):
+    for cmd in ("doctor", "config", "model", "smoke", "skill", "corpus", "sft", "gate", "up", "adapt", "backfill"):
         assert cmd in r.stdout
 
 
@@ -72,3 +72,26 @@ def test_smoke_serving_path_on_tiny_model(tmp_path: Path, tiny_model_dir: Path, 
                                                   "PAST_SERVE_PYTHON": str(serve_python)}, timeout=600)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "A: " in r.stdout and "server stopped" in r.stdout
+
+
+def test_past_adapt_runs_the_flow_on_a_docs_only_corpus(tiny_model_dir, tmp_path) -> None:
+    """`past adapt CORPUS`: the adapt flow in a subprocess (temporary Prefect server), summary as JSON."""
+    import json
+
+    from tests.fake_openai import FakeOpenAI
+
+    corpus = tmp_path / "docs"
+    corpus.mkdir()
+    for i in range(3):
+        (corpus / f"d{i}.md").write_text(f"# Part {i}\nThe part {i} weighs {i + 10} kilograms.\n")
+    with FakeOpenAI(lambda q: "10 kilograms") as fake:
+        env = {"PAST_BASE_MODEL": str(tiny_model_dir), "PAST_SERVE_URL": fake.url, "PAST_GATE_MIN_NEW_ITEMS": "1",
+               "PAST_GATE_MIN_ACCURACY": "0", "PAST_SFT_MIN_TRAIN_RECALL": "0", "PAST_SFT_MIN_STEPS_QA": "1",
+               "PAST_SFT_EPOCHS_MEMORIZE": "1", "PAST_SFT_EPOCHS_QA": "1", "PAST_GATE_MAX_TOKENS": "8",
+               "PREFECT_HOME": str(tmp_path / "prefect")}
+        r = past("adapt", str(corpus), "--model-name", "cli-bot", env=env, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    out = json.loads(r.stdout[r.stdout.rindex('{\n  "corpus_id"'):])
+    assert out["version"] == "1" and out["teacher"] == "extractive" and out["gate"]["new_items"] >= 1
+    bad = past("adapt", str(tmp_path / "missing"), env=env, timeout=600)
+    assert bad.returncode != 0
