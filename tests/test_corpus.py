@@ -269,6 +269,15 @@ def test_split_by_document_deterministic(tmp_path: Path) -> None:
     assert split_qa(loose, 0.0, seed=0) == (loose, [])
 
 
+def test_split_by_question_holds_out_questions_of_trained_documents() -> None:
+    c = load_corpus(FACTS)
+    train, held = split_qa(c.qa, 0.2, seed=0, by="question")
+    assert len(held) == 6 and len(train) == 24
+    assert {p.doc_id for p in held} & {p.doc_id for p in train}, "held-out questions about trained documents"
+    with pytest.raises(ValueError, match="split by"):
+        split_qa(c.qa, 0.2, by="paragraph")
+
+
 def test_split_seed_changes_groups() -> None:
     c = load_corpus(FACTS)
     sides = {frozenset(p.doc_id for p in split_qa(c.qa, 0.2, seed=s)[1]) for s in range(6)}

@@ -393,3 +393,12 @@ def test_cli_gate_exit_codes(qa_file, servers, tmp_path, capsys, monkeypatch) ->
     assert main([*args, "--url", bad.url, "--name", "m"]) == 1
     assert "FAIL: new-corpus accuracy 0.000 (lower 95% bound 0.000, n=12) does not clear the floor" in capsys.readouterr().out
     assert main(["gate", "--eval", str(qa_file)]) == 2  # neither --model nor --url
+
+
+def test_select_new_items_prefers_the_corpus_own_qa() -> None:
+    from past.evaluation import select_new_items
+
+    rows = [{"id": f"h{i}"} for i in range(3)] + [{"id": f"t{i}"} for i in range(5)]
+    assert select_new_items(rows, {"h0", "h1", "h2"}, 3) == (rows[:3], "human")
+    assert select_new_items(rows, {"h0", "h1", "h2"}, 4) == (rows, "human+teacher")
+    assert select_new_items(rows[3:], set(), 4) == (rows[3:], "teacher")
