@@ -24,7 +24,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.transactions import CommitMode, transaction
 
 from tasks.common import corpus_lock, home_tag, settings
-from tasks.corpus import mark_corpus, resolve_corpus, teacher_metrics, teacher_qa
+from tasks.corpus import mark_corpus, resolve_corpus, teacher_qa
 from tasks.gate import serve_and_gate
 from tasks.registry import conclude, log_to_run, open_adaptation_run, register_candidate
 from tasks.skill import current_skill_vector, inject_skill
@@ -75,7 +75,7 @@ def _adapt(c: dict, model_name: str, lam: float, vector: dict | None, work: Path
         "corpus_name": c["name"], "base_model": base["path"], "skill_vector_version": vector["version"] if vector else "",
         "lambda": lam if vector else 0.0, "sft_recipe": sft["recipe"], "teacher": teacher["teacher"],
         "gate_items_source": sft["eval_source"]})
-    log_to_run(run_id, metrics=sft["metrics"] | teacher_metrics(teacher))
+    log_to_run(run_id, metrics=sft["metrics"] | teacher["metrics"])
     version = register_candidate(model_name, candidate, run_id, cid, vector["version"] if vector else "",
                                  lam if vector else None)
     gate = serve_and_gate(candidate, cid, model_name, f"{model_name}/{version}", str(work / "gate"),

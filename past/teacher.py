@@ -193,7 +193,19 @@ def teach_corpus(settings, corpus, out_root: Path) -> dict:
     write_generated(result, out)
     record |= {"generated": True, "path": str(out), "qa": len(result.qa),
                "implications": sum(len(v) for v in result.implications.values())}
-    tmp = out / f".tmp-teacher.json"
+    tmp = out / ".tmp-teacher.json"
     tmp.write_text(json.dumps(record, indent=2) + "\n")
     tmp.replace(done)
     return record
+
+
+def teacher_metrics(teacher: dict) -> dict[str, float]:
+    """What the teacher produced, as MLflow metrics (counts, drops, cache hits, seconds)."""
+    if not teacher.get("generated"):
+        return {"teacher_generated": 0.0}
+    st = teacher.get("stats", {})
+    return {"teacher_generated": 1.0, "teacher_qa": float(teacher["qa"]),
+            "teacher_implications": float(teacher["implications"]), "teacher_seconds": float(teacher["seconds"]),
+            "teacher_cached_chunks": float(st.get("cached", 0)), "teacher_dropped_items": float(st.get("dropped_items", 0)),
+            "teacher_failed_documents": float(st.get("failed_documents", 0)),
+            "teacher_malformed_responses": float(st.get("malformed_responses", 0))}

@@ -43,22 +43,11 @@ def resolve_corpus(corpus: str) -> dict:
 @task(cache_policy=CACHED, persist_result=True)
 def teacher_qa(corpus: dict) -> dict:
     """Teacher QA + implications when the corpus ships fewer than `teacher_min_qa` pairs (cached by content)."""
-    from past.teacher import teach_corpus
+    from past.teacher import teach_corpus, teacher_metrics
 
     s = settings()
-    return teach_corpus(s, load_corpus(Path(corpus["path"])), Path(s.home) / "teacher")
-
-
-def teacher_metrics(teacher: dict) -> dict[str, float]:
-    """What the teacher produced, as MLflow metrics (counts, drops, cache hits, seconds)."""
-    if not teacher.get("generated"):
-        return {"teacher_generated": 0.0}
-    st = teacher.get("stats", {})
-    return {"teacher_generated": 1.0, "teacher_qa": float(teacher["qa"]),
-            "teacher_implications": float(teacher["implications"]), "teacher_seconds": float(teacher["seconds"]),
-            "teacher_cached_chunks": float(st.get("cached", 0)), "teacher_dropped_items": float(st.get("dropped_items", 0)),
-            "teacher_failed_documents": float(st.get("failed_documents", 0)),
-            "teacher_malformed_responses": float(st.get("malformed_responses", 0))}
+    record = teach_corpus(s, load_corpus(Path(corpus["path"])), Path(s.home) / "teacher")
+    return record | {"metrics": teacher_metrics(record)}
 
 
 @task
