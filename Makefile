@@ -16,7 +16,7 @@ SBIN  := $(SERVE_VENV)/bin
 STAMP := $(VENV)/.installed
 SSTAMP := $(SERVE_VENV)/.installed
 
-.PHONY: demo smoke test test-fast test-slow venv serve-env doctor bench-skill bench-method bench-refresh bench-knowledge clean-venvs
+.PHONY: demo smoke test test-fast test-slow venv serve-env doctor bench-skill bench-method bench-refresh bench-knowledge bench-protocol clean-venvs
 
 ## demo: the main job on embedded defaults: skill refresh (K=2) on a synthetic source domain, then a new
 ## corpus lands in the inbox and watch -> adapt -> vLLM gate -> promote runs; prints the summary.
@@ -85,6 +85,18 @@ bench-method: $(STAMP)
 		--rl-questions train --out $(DEV)-rl-train
 	flock -x /tmp/past-cpu.lock $(BIN)/python bench/method.py --seeds $(SEEDS) \
 		--settings-from $(DEV)/results.json $(DEV)-rl-train/results.json
+
+## bench-protocol: the positive control for skill transfer (docs/RESULTS.md): a JSON reply protocol learned by
+## GRPO on a source domain, grafted onto a target SFT model. Dev probes on source-like data chose the settings
+## (8 stage-2 steps: 24 unlearned the protocol so GRPO had no signal; GRPO lr 1e-5 learned in 3 steps, too fast
+## for the learning gate (1.0 sd); 1e-6 passed it (2.2 sd)); then 3 seeds (~85 min on 2 cores)
+PROTOCOL = --sft-steps-qa 8 --grpo-temperature 0.7 --grpo-lr 1e-6
+bench-protocol: $(STAMP)
+	test -f .bench/protocol-dev-lr1e-5/results.json || flock -x /tmp/past-cpu.lock $(BIN)/python bench/protocol.py \
+		--dev --in-domain-only --seeds 0 $(PROTOCOL) --grpo-lr 1e-5 --out .bench/protocol-dev-lr1e-5
+	test -f .bench/protocol-dev-lr1e-6/results.json || flock -x /tmp/past-cpu.lock $(BIN)/python bench/protocol.py \
+		--dev --in-domain-only --seeds 0 $(PROTOCOL) --out .bench/protocol-dev-lr1e-6
+	flock -x /tmp/past-cpu.lock $(BIN)/python bench/protocol.py --seeds $(SEEDS) $(PROTOCOL) --out .bench/protocol
 
 doctor: $(STAMP)
 	$(BIN)/past doctor

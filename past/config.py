@@ -109,6 +109,9 @@ class Settings:
     grpo_num_generations: int = _f(4, "GRPO group size (completions per prompt).")
     grpo_max_completion_length: int = _f(16, "Max tokens per GRPO completion.")
     seed: int = _f(0, "Seed for splits, partitions and training.")
+    adapt_max_attempts: int = _f(3, "Adapt runs a corpus gets in all when its runs crash without an outcome; after "
+                                 "that the watcher marks it failed and emits `past.corpus.failed` (one Prefect "
+                                 "automation turns that event into an e-mail or a Slack message).")
 
     # --- services ----------------------------------------------------------------------------------
     mlflow_tracking_uri: str = _f("", "MLflow tracking/registry URI; empty = sqlite:///<home>/mlflow/mlflow.db.")
@@ -238,7 +241,7 @@ def _validate(s: Settings) -> None:
         v = getattr(s, name)
         if not 0.0 <= v <= 1.0:
             raise ConfigError(f"setting {name!r}: {v} is outside [0, 1]")
-    for name in ("gate_concurrency", "grpo_rounds", "grpo_max_steps", "grpo_num_generations",
+    for name in ("gate_concurrency", "adapt_max_attempts", "grpo_rounds", "grpo_max_steps", "grpo_num_generations",
                  "grpo_max_completion_length", "serve_max_model_len"):
         if getattr(s, name) < 1:
             raise ConfigError(f"setting {name!r} must be ≥ 1")

@@ -27,6 +27,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath
 
 from past.errors import PastError
+from past.tools import TOOL_TASKS_FILE, TOOLS_FILE, ToolSpec, parse_tool_spec, parse_tool_tasks
 
 META_FILE = "corpus.meta.json"
 QA_FILE = "qa.jsonl"
@@ -103,6 +104,8 @@ class Corpus:
     documents: list[Document]
     qa: list[QAPair]
     meta: dict = field(default_factory=dict)
+    tools: "ToolSpec | None" = None  # tools.json of a tool corpus (past.tools)
+    tool_tasks: list = field(default_factory=list)  # tool_tasks.jsonl: past.tools.ToolTask
 
     @property
     def name(self) -> str:
@@ -272,6 +275,8 @@ def scan(root: Path, limits: Limits = DEFAULT_LIMITS) -> tuple[Corpus | None, li
         return None, [Reason("too_many_files", ".", f"{len(files)} files > limit {limits.max_files}")]
     docs: list[Document] = []
     raw_qa: list[tuple[str, dict]] = []
+    raw_tasks: list[tuple[str, dict]] = []
+    spec_text: str | None = None
     total = 0
     for p in files:
         rel = p.relative_to(root).as_posix()
@@ -286,6 +291,11 @@ def scan(root: Path, limits: Limits = DEFAULT_LIMITS) -> tuple[Corpus | None, li
         if rel == QA_FILE:
             text = _read_text(p, rel, limits, reasons)
             raw_qa += [(f"{rel}:{n}", o) for n, o in _jsonl(text, rel, reasons)] if text is not None else []
+        elif rel == TOOLS_FILE:
+            spec_text = _read_text(p, rel, limits, reasons)
+        elif rel == TOOL_TASKS_FILE:
+            text = _read_text(p, rel, limits, reasons)
+            raw_tasks += [(f"{rel}:{n}", o) for n, o in _jsonl(text, rel, reasons)] if text is not None else []
         elif suffix in DOC_SUFFIXES:
             text = _read_text(p, rel, limits, reasons)
             if text is None:
@@ -303,7 +313,8 @@ def scan(root: Path, limits: Limits = DEFAULT_LIMITS) -> tuple[Corpus | None, li
                     docs.append(Document(id=vals[0].strip(), title=(vals[2] or vals[0]).strip(),
                                          text=vals[1].strip(), source=where))
         else:
-            reasons.append(Reason("unsupported_file", rel, "expected .md, .txt, .jsonl documents or qa.jsonl"))
+            reasons.append(Reason("unsupported_file", rel, f"expected .md, .txt, .jsonl documents, {QA_FILE}, "
+                                                          f"{TOOLS_FILE} or {TOOL_TASKS_FILE}"))
     if total > limits.max_total_bytes:
         reasons.append(Reason("too_large", ".", f"{total} bytes > limit {limits.max_total_bytes}"))
 
@@ -350,10 +361,18 @@ def scan(root: Path, limits: Limits = DEFAULT_LIMITS) -> tuple[Corpus | None, li
         qa.append(pair)
     if len(qa) > limits.max_qa:
         reasons.append(Reason("too_large", QA_FILE, f"{len(qa)} QA pairs > limit {limits.max_qa}"))
+
+    # tool corpus: a valid spec, and tasks whose own call succeeds and whose answer is in its observation
+    spec = None
+    if spec_text is not None:
+        spec, problems = parse_tool_spec(spec_text)
+        reasons += [Reason("bad_tool_spec", where, why) for where, why in problems]
+    tool_tasks, problems = parse_tool_tasks(raw_tasks, spec) if raw_tasks else ([], [])
+    reasons += [Reason("bad_tool_task", where, why) for where, why in problems]
     if reasons:
         return None, reasons
     corpus = Corpus(root=root, id=corpus_hash(root, files), documents=list(by_id.values()), qa=qa,
-                    meta=read_meta(root))
+                    meta=read_meta(root), tools=spec, tool_tasks=tool_tasks)
     return corpus, []
 
 

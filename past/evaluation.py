@@ -31,8 +31,8 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from past.errors import PastError
-from past.judge import Judge, judge_from_settings  # noqa: F401 - the gate's judge
-from past.scoring import is_correct, score_all
+from past.judge import JUDGE_PROMPT, Judge, judge_from_settings  # noqa: F401 - the gate's judge
+from past.scoring import SCORING_RULE, is_correct, score_all
 from past.stats import paired_difference, wilson
 
 KINDS = ("new", "retention", "general")
@@ -122,7 +122,8 @@ def build_eval_set(new: Iterable[EvalItem], retention: Iterable[EvalItem] = (),
 def eval_set_hash(items: list[EvalItem], max_tokens: int, judge_model: str = "") -> str:
     """Everything that determines a model's scores on this set, except the model itself."""
     payload = {
-        "prompt_version": PROMPT_VERSION, "max_tokens": max_tokens, "judge": judge_model,
+        "prompt_version": PROMPT_VERSION, "max_tokens": max_tokens, "judge": judge_model, "scoring": SCORING_RULE,
+        "judge_prompt": hashlib.sha256(JUDGE_PROMPT.encode()).hexdigest()[:16] if judge_model else "",
         "items": [[i.kind, i.corpus_id, i.id, i.question, i.answer] for i in items],
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()

@@ -59,11 +59,37 @@ class GRPOResult:
     judge: dict[str, Any]  # JudgeReward.stats() + the per-step fallback fraction; {} without a judge
     wall_s: float
     resumed_from_step: int
+    learning: dict = field(default_factory=dict)  # learning_gate(reward_curve): did this run learn anything?
 
     def to_json(self) -> dict:
         d = asdict(self)
         d["model_dir"] = str(self.model_dir)
         return d
+
+
+def learning_gate(curve: list[float], window: int = 20, k_sd: float = 2.0) -> dict[str, Any]:
+    """Did a GRPO run learn? Passes when the mean reward of the last `window` steps exceeds that of the first
+    `window` by at least `k_sd` standard deviations of the step means.
+
+    The sd is the pooled sample sd of the per-step mean rewards *within* the two windows (the trend between
+    them is the signal, not noise). A run shorter than 2 × `window` steps cannot pass: no transfer claim
+    rests on a skill vector whose RL run did not clear this gate in-domain.
+    """
+    import statistics
+
+    vals = [float(x) for x in curve if x == x]  # NaN-free
+    rec: dict[str, Any] = {"window": window, "k_sd": k_sd, "steps": len(vals)}
+    if window < 2 or len(vals) < 2 * window:
+        return rec | {"passed": False, "reason": f"{len(vals)} logged steps; the gate needs ≥ {2 * window}"}
+    first, last = vals[:window], vals[-window:]
+    sd = ((statistics.variance(first) + statistics.variance(last)) / 2) ** 0.5
+    gain = statistics.fmean(last) - statistics.fmean(first)
+    passed = gain > 0 and gain >= k_sd * sd
+    return rec | {"first_mean": statistics.fmean(first), "last_mean": statistics.fmean(last), "gain": gain,
+                  "step_sd": sd, "gain_in_sd": gain / sd if sd > 0 else (float("inf") if gain > 0 else 0.0),
+                  "passed": passed,
+                  "reason": f"reward {statistics.fmean(first):.3f} → {statistics.fmean(last):.3f} "
+                            f"({gain:+.3f}; {k_sd:g} sd = {k_sd * sd:.3f}): " + ("learned" if passed else "did not learn")}
 
 
 def _dataset(qa: list[dict]):
@@ -177,6 +203,7 @@ def train_grpo(
         model_dir=out_dir, steps=trainer.state.global_step,
         reward_curve=[h["reward"] for h in logs], reward_std_curve=[h.get("reward_std", float("nan")) for h in logs],
         per_reward_curves=per_reward, judge=judge_stats, wall_s=wall, resumed_from_step=resumed,
+        learning=learning_gate([h["reward"] for h in logs], window=min(20, max(2, len(logs) // 2))),
     )
     tmp = staging_dir(out_dir)
     try:

@@ -12,6 +12,10 @@ One watcher pass (serialised by a lock file, so two watchers never interleave):
   3. the ledger (`<home>/ledger/<id>.json`, created with O_EXCL) records each corpus's status:
      claimed -> (submitted) -> running -> promoted | rejected | failed. A `running` entry whose process on
      this host is gone (a killed inline run) is handed out again.
+  4. recovery of deployment runs (`recovery_plan`, fed the runs' states by the caller, which knows the
+     orchestrator): a corpus whose run ended (crashed, failed, cancelled) without recording an outcome is
+     handed out again, at most `max_attempts` times in all; then it is marked `failed` with the reason, and
+     a cancelled run marks it `cancelled`. Either way it never sits `submitted` forever.
 """
 
 from __future__ import annotations
@@ -228,7 +232,9 @@ def scan_inbox(settings, settle_s: float = 10.0, now: float | None = None) -> tu
     for entry in inbox_entries(d["inbox"]):
         if is_complete(entry, settle_s, now) and (c := claim_entry(entry, home, settings)) is not None:
             claims.append(c)
-    to_submit = [r for r in all_ledger(home) if r.get("status") == "claimed" or orphaned(r)]
+    # runs started as deployments (flow_run_id) are recovered from their run's state: recovery_plan
+    to_submit = [r for r in all_ledger(home)
+                 if r.get("status") == "claimed" or (orphaned(r) and not r.get("flow_run_id"))]
     return claims, to_submit
 
 
@@ -243,6 +249,35 @@ def orphaned(rec: dict) -> bool:
     except PermissionError:
         return False
     return False
+
+
+UNFINISHED = ("submitted", "running")  # the ledger says a run owns the corpus, no outcome recorded yet
+
+
+@dataclass
+class Recovery:
+    resubmit: list[dict] = field(default_factory=list)  # ledger entries to hand out again (attempts += 1)
+    give_up: list[dict] = field(default_factory=list)  # crashed max_attempts times: mark failed, tell someone
+    cancelled: list[dict] = field(default_factory=list)  # a person cancelled the run: mark cancelled
+
+
+def recovery_plan(records: list[dict], run_states: dict[str, str | None], max_attempts: int) -> Recovery:
+    """Which unfinished corpora lost their run. `run_states`: flow_run_id -> state type (COMPLETED, RUNNING,
+    CRASHED, ...; None = the orchestrator has no such run). A run still scheduled/pending/running owns its
+    corpus, unless it is RUNNING with its recorded process gone from this host; a COMPLETED run whose ledger is unfinished ended on an older path (e.g. a cached result) and is
+    left alone - the ledger is only rewritten by adapt itself."""
+    plan = Recovery()
+    for rec in records:
+        run_id = rec.get("flow_run_id")
+        if rec.get("status") not in UNFINISHED or not run_id or run_id not in run_states:
+            continue
+        state = run_states[run_id]
+        if state == "CANCELLED":
+            plan.cancelled.append(rec)
+        elif state in ("CRASHED", "FAILED", None) or (state == "RUNNING" and orphaned(rec)):
+            # RUNNING with its process gone on this host: a killed worker, nobody left to report the crash
+            (plan.resubmit if int(rec.get("attempts", 1)) < max_attempts else plan.give_up).append(rec)
+    return plan
 
 
 def corpus_dir(home: Path, corpus_id: str) -> Path:

@@ -33,7 +33,7 @@ from typing import Callable
 
 from past.corpus import Corpus, QAPair, load_corpus, read_qa_jsonl
 from past.errors import PastError
-from past.grpo import GRPORecipe, read_result, train_grpo
+from past.grpo import GRPORecipe, learning_gate, read_result, train_grpo
 from past.models import MANIFEST, publish_dir, sha256_file, staging_dir, verify_model_dir
 from past.sft import SFTRecipe, run_sft
 from past.skill import analyze, extract, inject
@@ -182,7 +182,9 @@ def run_round(k: int, partition: Path, base_model: Path, prev_vector: Path | Non
         "round": k, "partition": partition.name, "partition_corpus_id": load_corpus(partition).id,
         "init": "sft" if prev_vector is None else "sft+v_prev", "sft": _slim_sft(sft_metrics),
         "grpo": {key: grpo[key] for key in ("steps", "reward_curve", "reward_std_curve", "per_reward_curves",
-                                             "judge", "wall_s")} | {"questions": grpo_questions, "n_questions": len(train_qa)},
+                                             "judge", "wall_s")} | {"questions": grpo_questions, "n_questions": len(train_qa),
+                 # did this round's RL learn? (first vs last min(20, steps/2) steps; a vector that did not is noise)
+                 "learning": learning_gate(grpo["reward_curve"], window=min(20, max(2, len(grpo["reward_curve"]) // 2)))},
         "orthogonality": orthogonality_summary(report) | {"report_dir": str(ortho_dir)},
         "vector": str(vec), "rl": str(rl_dir), "sft_dir": str(sft_dir),
         "wall_s": round(time.monotonic() - t_round, 2), "phases": {p: round(s, 2) for p, s in phases.items()},
@@ -190,7 +192,7 @@ def run_round(k: int, partition: Path, base_model: Path, prev_vector: Path | Non
     marker.write_text(json.dumps(record, indent=2))
     curve, o = record["grpo"]["reward_curve"], record["orthogonality"]["summary"]
     log(f"round {k}: done in {record['wall_s']:.0f} s; GRPO mean reward first 5 steps {_mean(curve[:5]):.3f} -> "
-        f"last 5 {_mean(curve[-5:]):.3f}; mean |cos(Δ_sft, v)| per layer {o['mean_abs_layer_cosine']:.4f}; "
+        f"last 5 {_mean(curve[-5:]):.3f} (learning gate: {record['grpo']['learning']['reason']}); mean |cos(Δ_sft, v)| per layer {o['mean_abs_layer_cosine']:.4f}; "
         f"‖v‖/‖Δ_sft‖ {o['skill_over_knowledge_norm']:.3f}")
     return record
 
@@ -227,6 +229,7 @@ def lineage(source_corpus_id: str, records: list[dict], base_model: Path, sft_re
         "reward_summary": [{"round": r["round"], "first": r["grpo"]["reward_curve"][:1],
                             "last": r["grpo"]["reward_curve"][-1:]} for r in records],
         "reward_curves": {f"round-{r['round']}": r["grpo"]["reward_curve"] for r in records},
+        "learning": {f"round-{r['round']}": r["grpo"].get("learning", {}).get("passed") for r in records},
         "grpo_config": asdict(grpo_recipe),
         "sft_config": asdict(sft_recipe),
         "base_model": _fingerprint(base_model),

@@ -13,6 +13,7 @@ the run's metrics, and in `GRPOResult.judge`.
 
 from __future__ import annotations
 
+import json
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -58,6 +59,56 @@ def format_reward(completions: list, answer: list[str], max_words: int = 24, **_
             continue
         looping = len(words) >= 6 and len(set(words)) / len(words) < 0.4
         out.append(0.0 if looping else (1.0 if len(words) <= limit else 0.5))
+    return out
+
+
+# --- a protocol skill: the JSON answer envelope (the method benchmark's positive control) ----------------
+# A reply protocol is the kind of skill a small model learns from RL quickly and SFT on bare answers does not
+# teach (it unlearns it: measured in docs/RESULTS.md), so it is where a skill vector must show up first.
+ENVELOPE_INSTRUCTION = 'Reply in JSON with one key, like this: {"answer": "..."}'
+
+
+def envelope_answer(text: str) -> str | None:
+    """The answer of a reply that is exactly one JSON object `{"answer": "<non-empty string>"}`, else None."""
+    try:
+        obj = json.loads(text.strip())
+    except ValueError:
+        return None
+    if isinstance(obj, dict) and list(obj) == ["answer"] and isinstance(obj["answer"], str) and obj["answer"].strip():
+        return obj["answer"]
+    return None
+
+
+def _embedded_envelope(text: str) -> bool:
+    """A `{"answer": ...}` object somewhere inside a longer reply (half credit: the protocol, not the discipline)."""
+    start = text.find("{")
+    while start != -1:
+        try:
+            obj, _ = json.JSONDecoder().raw_decode(text[start:])
+            if isinstance(obj, dict) and isinstance(obj.get("answer"), str) and obj["answer"].strip():
+                return True
+        except ValueError:
+            pass
+        start = text.find("{", start + 1)
+    return False
+
+
+def envelope_reward(completions: list, answer: list[str], **_: Any) -> list[float]:
+    """1 for a reply that is exactly the envelope, 0.5 for an envelope inside other text, else 0."""
+    out = []
+    for c in completions:
+        text = completion_text(c)
+        out.append(1.0 if envelope_answer(text) is not None else 0.5 if _embedded_envelope(text) else 0.0)
+    return out
+
+
+def envelope_f1_reward(completions: list, answer: list[str], **_: Any) -> list[float]:
+    """Token-F1 of the enveloped answer against the reference (of the whole reply when it is not enveloped)."""
+    out = []
+    for c, a in zip(completions, answer):
+        text = completion_text(c)
+        inner = envelope_answer(text)
+        out.append(token_f1(text if inner is None else inner, a))
     return out
 
 
@@ -124,4 +175,5 @@ def judge_reward_from_settings(settings, **kw) -> JudgeReward | None:
     return None if judge is None else JudgeReward(judge.base_url, judge.model, judge=judge, **kw)
 
 
-RULE_REWARDS = {"exact_match": exact_match_reward, "token_f1": token_f1_reward, "format": format_reward}
+RULE_REWARDS = {"exact_match": exact_match_reward, "token_f1": token_f1_reward, "format": format_reward,
+                "envelope": envelope_reward, "envelope_f1": envelope_f1_reward}

@@ -15,6 +15,9 @@ from collections import Counter
 # ("12 seconds" for "5 seconds") scores exactly 0.5, and a model that learned only the answer format
 # would pass (the method benchmark's first dev run did: 75% of paraphrase questions "correct", 6% exact match).
 CORRECT_MIN_F1 = 0.6
+# Names the correctness rule; part of every cache key over scores (the gate's champion cache): change the rule
+# or the normalisation and bump the suffix, so old scores are never compared with new ones.
+SCORING_RULE = f"squad-normalize;f1>={CORRECT_MIN_F1}|contains;v2"
 
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
 _PUNCT = str.maketrans("", "", string.punctuation)

@@ -9,10 +9,10 @@ from prefect import task
 from past import inbox
 from past.corpus import CorpusError, load_corpus, read_qa_jsonl, validate
 from past.models import sha256_file
-from tasks.common import CACHED, settings
+from tasks.common import CACHED, retry_transient, settings
 
 
-@task(retries=2, retry_delay_seconds=5)
+@task(retries=2, retry_condition_fn=retry_transient, retry_delay_seconds=5)
 def claim_new_corpora(settle_s: float = 10.0, lock_wait_s: float = 0.0) -> dict:
     """One watcher pass: claim complete arrivals exactly once; list the corpora to hand to adaptation."""
     s = settings()

@@ -10,7 +10,7 @@ from prefect import task
 from past import inbox
 from past.evaluation import build_eval_set, load_eval_items, run_gate
 from past.registry import Registry
-from tasks.common import require, settings
+from tasks.common import ACCELERATOR_TAG, require, retry_transient, settings
 
 
 def evalset_path(home: Path, corpus_id: str) -> Path:
@@ -31,7 +31,9 @@ def retention_items(home: Path, model_name: str, exclude: str, n: int, seed: int
     return pool[:n]
 
 
-@task(retries=1, retry_delay_seconds=10)
+# The gate's vLLM servers take the same slot as training: on one machine a 3 GB server must not start on the
+# cores another corpus is training on (`past up` limits the tag to 1).
+@task(retries=1, retry_condition_fn=retry_transient, retry_delay_seconds=10, tags=[ACCELERATOR_TAG])
 def serve_and_gate(candidate: dict, corpus_id: str, model_name: str, served_name: str, out_dir: str,
                    training_check: dict | None = None) -> dict:
     """Held-out QA of the new corpus + retention sample + general prompts, candidate vs champion; fail closed."""

@@ -6,16 +6,16 @@ from prefect import task
 
 from past.evaluation import GateReport
 from past.registry import Registry
-from tasks.common import CACHED, require, settings
+from tasks.common import CACHED, require, retry_transient, settings
 
 
-@task(cache_policy=CACHED, persist_result=True, retries=2, retry_delay_seconds=5)
+@task(cache_policy=CACHED, persist_result=True, retries=2, retry_condition_fn=retry_transient, retry_delay_seconds=5)
 def open_adaptation_run(corpus_id: str, model_name: str, params: dict) -> str:
     """The MLflow run that collects this adaptation's params, metrics and reports (one per corpus)."""
     return Registry(settings()).start_run(corpus_id, {"model_name": model_name, **params})
 
 
-@task(retries=2, retry_delay_seconds=5)
+@task(retries=2, retry_condition_fn=retry_transient, retry_delay_seconds=5)
 def log_to_run(run_id: str, metrics: dict[str, float] | None = None, files: list[str] | None = None) -> None:
     """Metrics and report files onto the adaptation's run."""
     reg = Registry(settings())
@@ -25,7 +25,7 @@ def log_to_run(run_id: str, metrics: dict[str, float] | None = None, files: list
         reg.log_artifacts(run_id, files)
 
 
-@task(cache_policy=CACHED, persist_result=True, retries=2, retry_delay_seconds=5)
+@task(cache_policy=CACHED, persist_result=True, retries=2, retry_condition_fn=retry_transient, retry_delay_seconds=5)
 def register_candidate(model_name: str, candidate: dict, run_id: str, corpus_id: str, skill_version: str,
                        lam: float | None) -> str:
     """A new model version pointing at the candidate folder in place (verified, never copied)."""
@@ -33,7 +33,7 @@ def register_candidate(model_name: str, candidate: dict, run_id: str, corpus_id:
                                                    skill_version=skill_version, lam=lam)
 
 
-@task(retries=2, retry_delay_seconds=5)
+@task(retries=2, retry_condition_fn=retry_transient, retry_delay_seconds=5)
 def conclude(model_name: str, version: str, run_id: str, gate: dict) -> dict:
     """Record the gate on run and version; move `champion` only on a pass (compare-and-set)."""
     reg = Registry(settings())
@@ -42,7 +42,7 @@ def conclude(model_name: str, version: str, run_id: str, gate: dict) -> dict:
     return {"version": outcome.version, "promoted": outcome.promoted, "reason": outcome.reason}
 
 
-@task(retries=2, retry_delay_seconds=5)
+@task(retries=2, retry_condition_fn=retry_transient, retry_delay_seconds=5)
 def champion_corpus(model_name: str) -> str | None:
     """The corpus id the current champion of `model_name` was adapted on (None without a champion)."""
     mv = Registry(settings()).champion(model_name)

@@ -10,10 +10,10 @@ from prefect import task
 from past import skill
 from past.models import verify_model_dir
 from past.registry import Registry
-from tasks.common import CACHED, artifact, require, settings
+from tasks.common import CACHED, artifact, require, retry_transient, settings
 
 
-@task(retries=2, retry_delay_seconds=2)
+@task(retries=2, retry_condition_fn=retry_transient, retry_delay_seconds=2)
 def current_skill_vector(explicit: str | None = None) -> dict | None:
     """The vector to inject: an explicit folder, else the registry's `current` version, else none yet."""
     if explicit:
@@ -47,7 +47,7 @@ def extract_skill(rl: dict, sft: dict, out_dir: str, lineage: dict | None = None
     return artifact(out)
 
 
-@task(cache_policy=CACHED, persist_result=True, retries=2, retry_delay_seconds=5)
+@task(cache_policy=CACHED, persist_result=True, retries=2, retry_condition_fn=retry_transient, retry_delay_seconds=5)
 def register_skill_vector(vector: dict, tags: dict[str, str] | None = None) -> str:
     """A new version of the skill-vector model in MLflow, alias `current` (the same vector registers once)."""
     return Registry(settings()).register_skill_vector(require(vector), tags=tags)

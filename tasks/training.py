@@ -16,7 +16,7 @@ from past.models import resolve_model
 from past.qa import read_implications
 from past.rewards import judge_reward_from_settings
 from past.sft import SFTRecipe, run_memorize, run_qa
-from tasks.common import ACCELERATOR_TAG, CACHED, artifact, require, settings
+from tasks.common import ACCELERATOR_TAG, CACHED, artifact, require, retry_transient, settings
 from tasks.gate import evalset_path
 
 
@@ -24,7 +24,7 @@ def sft_recipe() -> SFTRecipe:
     return SFTRecipe.from_settings(settings())
 
 
-@task(cache_policy=CACHED, persist_result=True, retries=1, retry_delay_seconds=5)
+@task(cache_policy=CACHED, persist_result=True, retries=1, retry_condition_fn=retry_transient, retry_delay_seconds=5)
 def base_model() -> dict:
     """The verified base-model folder (provisioned from the packaged GGUF on first use)."""
     s = settings()

@@ -95,3 +95,17 @@ def test_past_adapt_runs_the_flow_on_a_docs_only_corpus(tiny_model_dir, tmp_path
     assert out["version"] == "1" and out["teacher"] == "extractive" and out["gate"]["new_items"] >= 1
     bad = past("adapt", str(tmp_path / "missing"), env=env, timeout=600)
     assert bad.returncode != 0
+
+
+def test_past_up_points_local_flows_at_the_store_its_ui_shows(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """#16: the local worker's flows used the Kubernetes placeholder `http://mlflow.past.svc:5000` and hung."""
+    from past.cli.up import env_for
+    from past.config import load_settings
+
+    monkeypatch.delenv("PAST_MLFLOW_TRACKING_URI", raising=False)
+    s = load_settings()
+    env = env_for(tmp_path, "http://127.0.0.1:4200/api", s.mlflow_uri)
+    assert env["PAST_MLFLOW_TRACKING_URI"] == s.mlflow_uri and env["PAST_MLFLOW_TRACKING_URI"].startswith("sqlite:///")
+    assert "svc" in env["PAST_K8S_MLFLOW_TRACKING_URI"]  # only the Kubernetes pool's job template reads this one
+    text = (Path(__file__).resolve().parents[1] / "deployments" / "prefect.yaml").read_text()
+    assert "{{ $PAST_K8S_MLFLOW_TRACKING_URI }}" in text and "{{ $PAST_MLFLOW_TRACKING_URI }}" not in text

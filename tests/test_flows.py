@@ -277,3 +277,65 @@ def test_docs_only_corpus_with_an_endpoint_teacher(harness, env, monkeypatch, tm
     assert run.data.params["teacher"] == "endpoint"
     assert run.data.metrics["teacher_qa"] == 4 and run.data.metrics["teacher_dropped_items"] == 4
     assert out["gate"]["new_items"] >= 1 and out["reason"]
+
+
+def test_retry_transient_in_a_real_flow(harness) -> None:
+    """A deterministic error (PastError) fails at once; an OSError is retried (#16: a failed gate was re-asked)."""
+    from prefect import flow, task
+
+    from past.errors import PastError
+    from tasks.common import retry_transient
+
+    calls = {"past": 0, "os": 0}
+
+    @task(retries=2, retry_delay_seconds=0, retry_condition_fn=retry_transient)
+    def fails(kind: str) -> None:
+        calls[kind] += 1
+        raise PastError("bad corpus") if kind == "past" else OSError("disk hiccup")
+
+    @flow
+    def f(kind: str) -> None:
+        fails(kind)
+
+    for kind in ("past", "os"):
+        try:
+            f(kind)
+        except (PastError, OSError):
+            pass
+    assert calls == {"past": 1, "os": 3}
+
+
+def test_watch_recovers_a_corpus_whose_run_crashed(harness, tmp_path) -> None:
+    """#16: a crashed adapt run left its corpus `submitted` forever. Against a real Prefect API: a crashed run
+    is handed out again with the next attempt number; the last allowed attempt marks the corpus failed (and
+    emits `past.corpus.failed`, not read back here); a run still going is left alone."""
+    from prefect import flow
+    from prefect.client.orchestration import get_client
+    from prefect.states import Crashed, Running
+
+    from past import inbox
+    from tasks.dispatch import idempotency_key, recover_stranded
+
+    @flow
+    def some_adapt() -> None:  # only its flow runs are needed, with chosen states
+        pass
+
+    home = load_settings().home
+    with get_client(sync_client=True) as client:
+        crashed, alive, crashed2 = (client.create_flow_run(some_adapt) for _ in range(3))
+        for run, state in ((crashed, Crashed()), (alive, Running()), (crashed2, Crashed())):
+            client.set_flow_run_state(run.id, state, force=True)
+    inbox.update_ledger(home, "c-crashed", status="submitted", flow_run_id=str(crashed.id), attempts=1, name="a")
+    inbox.update_ledger(home, "c-alive", status="submitted", flow_run_id=str(alive.id), attempts=1)
+    inbox.update_ledger(home, "c-last", status="running", flow_run_id=str(crashed2.id), attempts=3)
+
+    @flow
+    def recover() -> list[dict]:
+        return recover_stranded()
+
+    again = recover()
+    assert again == [{"corpus_id": "c-crashed", "path": None, "name": "a", "attempt": 2}]
+    assert inbox.read_ledger(home, "c-alive")["status"] == "submitted"
+    last = inbox.read_ledger(home, "c-last")
+    assert last["status"] == "failed" and "crashed 3 time(s)" in last["error"]
+    assert idempotency_key("m", "c", 1) == "adapt-m-c" and idempotency_key("m", "c", 2) == "adapt-m-c-attempt2"

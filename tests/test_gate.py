@@ -182,6 +182,17 @@ def test_general_prompts_and_hash(items) -> None:
     assert h != eval_set_hash(full, 32) and h != eval_set_hash(full[:-1], 64)
 
 
+def test_eval_set_hash_names_the_scoring_rule(items, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Cached champion scores are keyed by the hash: a changed correctness rule or judge prompt must miss."""
+    import past.evaluation as ev
+
+    h, hj = eval_set_hash(items, 64), eval_set_hash(items, 64, "judge-m")
+    monkeypatch.setattr(ev, "SCORING_RULE", ev.SCORING_RULE + "-changed")
+    assert eval_set_hash(items, 64) != h
+    monkeypatch.setattr(ev, "JUDGE_PROMPT", ev.JUDGE_PROMPT + " Be strict.")
+    assert eval_set_hash(items, 64, "judge-m") not in (hj, eval_set_hash(items, 64))
+
+
 # --- decision rules -----------------------------------------------------------------------------------------
 def results(kind_correct: dict[str, list[bool]], errors: int = 0) -> list[ItemResult]:
     out = []

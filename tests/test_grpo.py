@@ -82,3 +82,20 @@ def test_grpo_refuses_existing_output(tiny_model_dir: Path, tmp_path: Path) -> N
     (tmp_path / "rl").mkdir()
     with pytest.raises(GRPOError, match="already exists"):
         train_grpo(tiny_model_dir, QA, tmp_path / "rl", tiny_recipe())
+
+
+def test_learning_gate() -> None:
+    from past.grpo import learning_gate
+
+    flat = [1.0 + 0.1 * (-1) ** i for i in range(48)]
+    assert not learning_gate(flat)["passed"]
+    rising = [0.2 + 0.02 * i + 0.05 * (-1) ** i for i in range(48)]
+    g = learning_gate(rising)
+    assert g["passed"] and g["gain"] == pytest.approx(0.02 * 28) and g["gain_in_sd"] >= 2
+    # a gain smaller than 2 sd of the step means does not pass; a falling curve never does
+    noisy = [0.5 + (0.6 if i % 2 else -0.6) + 0.005 * i for i in range(48)]
+    assert not learning_gate(noisy)["passed"]
+    assert not learning_gate(list(reversed(rising)))["passed"]
+    short = learning_gate(rising[:39])
+    assert not short["passed"] and "needs ≥ 40" in short["reason"]
+    assert learning_gate([float("nan")] * 3 + rising)["steps"] == 48

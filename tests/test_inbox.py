@@ -172,3 +172,32 @@ def test_running_entry_of_a_dead_process_is_handed_out_again(settings) -> None:
     assert [r["corpus_id"] for r in scan_inbox(settings, settle_s=10)[1]] == [c.corpus_id]
     update_ledger(settings.home, c.corpus_id, status="running", pid=os.getpid(), host=socket.gethostname())
     assert scan_inbox(settings, settle_s=10)[1] == [], "a live run is left alone"
+
+
+def test_recovery_plan_hands_out_crashed_runs_until_attempts_run_out() -> None:
+    """#16: a corpus whose run crashed stayed `submitted` forever. Each ended-without-outcome run is handed
+    out again; the attempt that uses up `max_attempts` gives up; a cancelled run is recorded, not retried."""
+    import os
+    import socket
+
+    from past.inbox import recovery_plan
+
+    dead_pid = 2 ** 22 + 12345  # above the default pid_max: no such process
+    recs = [
+        {"corpus_id": "crashed", "status": "submitted", "flow_run_id": "r1", "attempts": 1},
+        {"corpus_id": "failed-hard", "status": "running", "flow_run_id": "r2", "attempts": 3},
+        {"corpus_id": "cancelled", "status": "submitted", "flow_run_id": "r3"},
+        {"corpus_id": "vanished", "status": "submitted", "flow_run_id": "r4", "attempts": 2},
+        {"corpus_id": "zombie", "status": "running", "flow_run_id": "r5", "host": socket.gethostname(), "pid": dead_pid},
+        {"corpus_id": "alive", "status": "running", "flow_run_id": "r6", "host": socket.gethostname(), "pid": os.getpid()},
+        {"corpus_id": "pending", "status": "submitted", "flow_run_id": "r7"},
+        {"corpus_id": "done", "status": "promoted", "flow_run_id": "r8"},
+        {"corpus_id": "no-run-id", "status": "submitted"},
+    ]
+    states = {"r1": "CRASHED", "r2": "FAILED", "r3": "CANCELLED", "r4": None, "r5": "RUNNING", "r6": "RUNNING",
+              "r7": "SCHEDULED", "r8": "CRASHED"}
+    plan = recovery_plan(recs, states, max_attempts=3)
+    assert [r["corpus_id"] for r in plan.resubmit] == ["crashed", "vanished", "zombie"]
+    assert [r["corpus_id"] for r in plan.give_up] == ["failed-hard"]
+    assert [r["corpus_id"] for r in plan.cancelled] == ["cancelled"]
+    assert recovery_plan(recs, states, max_attempts=1).give_up[0]["corpus_id"] == "crashed"

@@ -103,6 +103,7 @@ def test_refresh_k2_round2_starts_from_sft2_plus_v1_and_records_lineage(tiny_mod
     assert set(lin["reward_curves"]) == {"round-1", "round-2"} and all(len(c) == 2 for c in lin["reward_curves"].values())
     assert lin["grpo_config"]["num_generations"] == 2 and lin["base_model"]["manifest_sha256"]
     assert set(lin["orthogonality"]) == {"round-1", "round-2"}
+    assert set(lin["learning"]) == {"round-1", "round-2"} and all(v in (True, False) for v in lin["learning"].values())
 
 
 def test_refresh_resumes_and_skips_finished_rounds(tiny_model_dir: Path, tmp_path: Path, monkeypatch) -> None:

@@ -143,3 +143,22 @@ def test_grpo_with_dead_judge_completes_and_reports_fallbacks(tiny_model_dir: Pa
     assert r.judge["samples"] == 8 and r.judge["fallbacks"] == 8 and r.judge["disabled"] == 1.0
     assert r.judge["calls"] <= 3 * 2 + 8, "retries are bounded; the breaker stops the calls"
     assert r.judge["fallback_frac_curve"] == [1.0, 1.0], "the run's metrics say the judge fell back"
+
+
+# --- the JSON answer envelope (positive-control protocol) ----------------------------------------------------
+def test_envelope_rewards_grade_protocol_and_content() -> None:
+    from past.rewards import envelope_answer, envelope_f1_reward, envelope_reward
+
+    replies = ['{"answer": "dark red"}', ' {"answer":"red"} ', 'It is {"answer": "green"} I think', "pale yellow",
+               '{"answer": ""}', '{"answer": "x", "why": "y"}', '["answer"]', '{"answer": 12}', '{"answer": "yel']
+    comps = [[{"role": "assistant", "content": r}] for r in replies]
+    refs = ["dark red", "dark red", "green", "pale yellow", "x", "x", "x", "12", "yellow"]
+    assert envelope_reward(comps, refs) == [1.0, 1.0, 0.5, 0.0, 0.0, 0.5, 0.0, 0.0, 0.0]
+    f1 = envelope_f1_reward(comps, refs)
+    assert f1[0] == 1.0 and f1[1] == pytest.approx(token_f1("red", "dark red")) and f1[3] == 1.0
+    assert envelope_answer('{"answer": "dark red"}') == "dark red"
+    assert envelope_answer('{"answer": "a"} trailing') is None and envelope_answer("") is None
+    # registered as rule rewards, usable from a GRPORecipe by name
+    from past.rewards import RULE_REWARDS
+
+    assert RULE_REWARDS["envelope"] is envelope_reward and RULE_REWARDS["envelope_f1"] is envelope_f1_reward

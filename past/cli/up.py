@@ -30,14 +30,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def env_for(home: Path, api_url: str) -> dict[str, str]:
-    """Environment every Prefect process shares: one home folder, local API, no telemetry."""
+def env_for(home: Path, api_url: str, mlflow_uri: str) -> dict[str, str]:
+    """Environment every Prefect process shares: one home folder, local API, no telemetry, and the same
+    MLflow store the UI shows (`mlflow_uri`: the settings' store, by default SQLite under the home)."""
     return {**os.environ, "PREFECT_HOME": str(home / "prefect"), "PREFECT_API_URL": api_url,
             "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_RESULTS_PERSIST_BY_DEFAULT": "true",
             "PAST_HOME": str(home), "PAST_REPO": str(REPO), "DO_NOT_TRACK": "1",
-            # placeholders of the Kubernetes deployments; override for a real cluster
+            "PAST_MLFLOW_TRACKING_URI": mlflow_uri,
+            # placeholders of the Kubernetes deployments only (deployments/prefect.yaml's gpu pool); set them
+            # for a real cluster. They never reach the local worker's flows.
             "PAST_IMAGE": os.environ.get("PAST_IMAGE", "past-orchestrator:latest"),
-            "PAST_MLFLOW_TRACKING_URI": os.environ.get("PAST_MLFLOW_TRACKING_URI", "http://mlflow.past.svc:5000")}
+            "PAST_K8S_MLFLOW_TRACKING_URI": os.environ.get("PAST_K8S_MLFLOW_TRACKING_URI", "http://mlflow.past.svc:5000")}
 
 
 def wait_healthy(url: str, proc: subprocess.Popen, timeout_s: float, what: str) -> None:
@@ -64,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
     for d in (logs, home / "prefect"):  # Prefect does not create missing parents of its SQLite database
         d.mkdir(parents=True, exist_ok=True)
     api = f"http://127.0.0.1:{args.prefect_port}/api"
-    env = env_for(home, api)
+    env = env_for(home, api, s.mlflow_uri)
     bin_dir = Path(sys.executable).parent
     procs: list[subprocess.Popen] = []
 
@@ -101,8 +104,11 @@ def run(args: argparse.Namespace) -> int:
         prefect("work-pool", "create", "past-k8s-gpu", "--type", "kubernetes", "--overwrite",
                 "--base-job-template", str(REPO / "deployments" / "k8s-gpu-job-template.json"))
         prefect("work-pool", "update", "past-k8s-gpu", "--concurrency-limit", "4")
+        # One accelerator slot (training and the gate's servers carry the tag). `create` fails when the limit
+        # exists already, so what is checked is that it exists afterwards.
         subprocess.run([str(bin_dir / "prefect"), "--no-prompt", "concurrency-limit", "create", "accelerator", "1"],
-                       env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # exists: fine
+                       env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        prefect("concurrency-limit", "inspect", "accelerator")
         prefect("deploy", "--all", "--prefect-file", str(REPO / "deployments" / "prefect.yaml"))
         print(f"deployed flows from deployments/prefect.yaml; Prefect UI http://127.0.0.1:{args.prefect_port}",
               flush=True)

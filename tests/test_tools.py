@@ -1,0 +1,120 @@
+"""Tool corpora (past.tools): spec and task validation as part of the corpus check, the sandboxed simulator,
+episode parsing and the shaping rewards / gate metrics."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from past.corpus import CorpusError, load_corpus, validate
+from past.tools import (Simulator, ToolTask, episode_metrics, episode_reward, parse_action, parse_tool_spec,
+                        run_episode)
+
+SPEC = {"tools": [
+    {"name": "get_price", "description": "Price of a product in credits.",
+     "parameters": {"product": {"type": "string"}, "region": {"type": "string", "required": False, "enum": ["eu", "us"]}},
+     "responses": [{"arguments": {"product": "Ravmel Thermostat"}, "observation": {"price": "120 credits"}},
+                   {"arguments": {"product": "Ravmel Thermostat", "region": "us"}, "observation": {"price": "130 credits"}}]},
+    {"name": "get_warranty", "description": "Warranty length.", "parameters": {"product": {"type": "string"}},
+     "responses": [], "default": {"warranty": "unknown"}},
+]}
+TASK = {"request": "What does the Ravmel Thermostat cost?", "tool": "get_price",
+        "arguments": {"product": "Ravmel Thermostat"}, "answer": "120 credits"}
+
+
+def tool_corpus(root: Path, spec=SPEC, tasks=(TASK,)) -> Path:
+    root.mkdir(parents=True)
+    (root / "api.md").write_text("# get_price\nget_price(product, region?) returns the price of a product.\n")
+    (root / "tools.json").write_text(spec if isinstance(spec, str) else json.dumps(spec))
+    (root / "tool_tasks.jsonl").write_text("".join(json.dumps(t) + "\n" for t in tasks))
+    return root
+
+
+def test_a_tool_corpus_loads_with_its_spec_and_tasks(tmp_path: Path) -> None:
+    c = load_corpus(tool_corpus(tmp_path / "c"))
+    assert c.tools is not None and [t.name for t in c.tools.tools] == ["get_price", "get_warranty"]
+    assert len(c.tool_tasks) == 1 and c.tool_tasks[0].answer == "120 credits"
+    assert [d.id for d in c.documents] == ["api"], "the spec and tasks are not documents"
+
+
+@pytest.mark.parametrize("spec,tasks,code,needle", [
+    ("{not json", (TASK,), "bad_tool_spec", "json"),
+    ({"tools": []}, (), "bad_tool_spec", "at least 1"),
+    ({"tools": [SPEC["tools"][0], SPEC["tools"][0]]}, (), "bad_tool_spec", "duplicate tool names"),
+    ({"tools": [{**SPEC["tools"][0], "parameters": {"product": {"type": "float"}}}]}, (), "bad_tool_spec", "string"),
+    ({"tools": [{**SPEC["tools"][0], "responses": [{"arguments": {"sku": 1}, "observation": {}}]}]}, (),
+     "bad_tool_spec", "unknown argument 'sku'"),
+    ({"tools": [{**SPEC["tools"][0], "exec": "rm -rf /"}]}, (), "bad_tool_spec", "Extra inputs"),
+    (SPEC, ({**TASK, "tool": "get_cost"},), "bad_tool_task", "unknown tool"),
+    (SPEC, ({**TASK, "answer": "99 credits"},), "bad_tool_task", "not in the observation"),
+    (SPEC, ({**TASK, "arguments": {"product": 7}},), "bad_tool_task", "must be string"),
+    (SPEC, ({"request": "x"},), "bad_tool_task", "Field required"),
+])
+def test_bad_spec_or_task_is_a_clear_error(tmp_path: Path, spec, tasks, code, needle) -> None:
+    root = tool_corpus(tmp_path / "c", spec, tasks)
+    reasons = validate(root)
+    assert reasons and all(r.code in (code, "bad_tool_spec", "bad_tool_task") for r in reasons)
+    assert any(needle.lower() in r.message.lower() for r in reasons), reasons
+    with pytest.raises(CorpusError):
+        load_corpus(root)
+    assert (root / "tools.json").exists(), "validation moves nothing"
+
+
+def test_tasks_without_a_spec_are_refused(tmp_path: Path) -> None:
+    root = tool_corpus(tmp_path / "c")
+    (root / "tools.json").unlink()
+    assert any("need a tools.json" in r.message for r in validate(root))
+
+
+def test_simulator_is_a_lookup_table_that_never_raises() -> None:
+    spec, errs = parse_tool_spec(json.dumps(SPEC))
+    assert not errs
+    sim = Simulator(spec)
+    assert sim.call("get_price", {"product": "  ravmel   THERMOSTAT "}) == {"price": "120 credits"}
+    assert sim.call("get_price", {"product": "Ravmel Thermostat", "region": "us"}) == {"price": "130 credits"}
+    assert sim.call("get_warranty", {"product": "anything"}) == {"warranty": "unknown"}
+    for name, args, err in [("get_price", {"product": "Zed"}, "no result"), ("get_price", {}, "missing argument"),
+                            ("get_price", {"product": "x", "region": "mars"}, "one of"),
+                            ("get_price", {"product": True}, "must be string"), ("os.system", {"cmd": "ls"}, "unknown tool"),
+                            ("get_price", ["__import__('os')"], "one JSON object")]:
+        assert err in sim.call(name, args)["error"]
+
+
+def test_parse_action() -> None:
+    s = parse_action('Action: get_price\nAction Input: {"product": "A"} and then some')
+    assert s.name == "get_price" and s.arguments == {"product": "A"} and s.error is None
+    assert parse_action("The price is 120 credits.").error.startswith("no `Action:`")
+    assert "not JSON" in parse_action("Action: get_price\nAction Input: {product: A}").error
+    assert parse_action("Action: get_price\nAction Input: [1]").error  # not an object: `{` never found -> no action
+
+
+def test_episode_rewards_follow_the_authors_shaping() -> None:
+    spec, _ = parse_tool_spec(json.dumps(SPEC))
+    sim, task = Simulator(spec), ToolTask(**TASK)
+
+    def scripted(*turns: str):
+        it = iter(turns)
+        return lambda messages: next(it)
+
+    call = 'Action: get_price\nAction Input: {"product": "Ravmel Thermostat"}'
+    good = run_episode(task.request, scripted(call, 'Action: Finish\nAction Input: {"answer": "120 credits"}'), sim)
+    no_finish = run_episode(task.request, scripted(call, call, call), sim)
+    wrong_answer = run_episode(task.request, scripted(call, 'Action: Finish\nAction Input: {"answer": "12 credits"}'), sim)
+    unknown = run_episode(task.request, scripted('Action: get_cost\nAction Input: {"product": "x"}',
+                                                 'Action: Finish\nAction Input: {"answer": "120 credits"}'), sim)
+    prose = run_episode(task.request, scripted("It costs 120 credits."), sim)
+    m = {k: episode_metrics(e, task) for k, e in
+         {"good": good, "no_finish": no_finish, "wrong": wrong_answer, "unknown": unknown, "prose": prose}.items()}
+    assert m["good"] == {"valid_format": 1.0, "valid_call": 1.0, "first_call_correct": 1.0, "unknown_tool": 0.0,
+                         "finish": 1.0, "pass": 1.0}
+    assert m["no_finish"]["finish"] == 0 and m["no_finish"]["pass"] == 0 and len(no_finish.steps) == 3
+    assert m["wrong"]["finish"] == 1 and m["wrong"]["pass"] == 0
+    assert m["unknown"]["unknown_tool"] == 1 and m["unknown"]["pass"] == 0, "a guessed answer without the call never passes"
+    assert m["prose"]["valid_format"] == 0 and not prose.calls
+    r = {k: episode_reward(e, task) for k, e in
+         {"good": good, "no_finish": no_finish, "wrong": wrong_answer, "unknown": unknown, "prose": prose}.items()}
+    assert r["good"] == pytest.approx(1.6) and r["good"] > r["wrong"] > r["no_finish"] > r["prose"]
+    assert r["unknown"] < r["no_finish"], "an unknown API is penalised"
+    assert good.to_json()["steps"][0]["observation"] == {"price": "120 credits"}
