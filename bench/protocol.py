@@ -253,12 +253,48 @@ def report(res: dict) -> str:
     return "\n".join(out) + "\n"
 
 
+def curve_rows(res: dict, every: int = 8) -> list[str]:
+    """Reward curves as a table: mean total reward per block of `every` steps, per seed and run."""
+    out = []
+    for s in res["seeds"]:
+        for run in ("source_grpo", "target_grpo"):
+            c = s["steps"][run]["reward_curve"]
+            env = s["steps"][run]["per_reward_curves"].get("envelope_reward", [])
+            blocks = [statistics.fmean(c[i:i + every]) for i in range(0, len(c), every)]
+            eblocks = [statistics.fmean(env[i:i + every]) for i in range(0, len(env), every)]
+            out.append(f"| {s['seed']} | {run} | " + " ".join(f"{x:.2f}" for x in blocks) + " | "
+                       + " ".join(f"{x:.2f}" for x in eblocks) + " |")
+    return [f"| seed | run | total reward, mean per {every} steps | envelope reward, mean per {every} steps |",
+            "|---:|---|---|---|", *out]
+
+
+def plot_curves(res: dict, path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.5), sharey=True)
+    for ax, run in zip(axes, ("source_grpo", "target_grpo")):
+        for s in res["seeds"]:
+            ax.plot(s["steps"][run]["reward_curve"], label=f"seed {s['seed']}")
+        ax.set_title(run.replace("_", " ") + " (total reward per step)")
+        ax.set_xlabel("GRPO step")
+    axes[0].legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    return path
+
+
 def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--base", type=Path, default=BASE, help="base model folder (a tiny model for a smoke run)")
     ap.add_argument("--out", type=Path, default=REPO / ".bench" / "protocol", help="work + checkpoints; rerun to resume")
     ap.add_argument("--keep-models", action="store_true")
+    ap.add_argument("--render", type=Path, default=None,
+                    help="re-render the report of a finished run's results.json (tables + reward-curve plot), run nothing")
+    ap.add_argument("--plot", type=Path, default=REPO / "docs" / "results-protocol-curves.png", help="where --render puts the plot")
     ap.add_argument("--dev", action="store_true", help=f"domains of seed {DEV_SEED_OFFSET}+S (for choosing settings)")
     ap.add_argument("--in-domain-only", action="store_true",
                     help="stop after source SFT + GRPO and the in-domain check (a dev probe of GRPO settings)")
@@ -271,6 +307,10 @@ def parser() -> argparse.ArgumentParser:
 
 def run(argv: list[str] | None = None) -> dict:
     args = parser().parse_args(argv)
+    if args.render:
+        res = json.loads(args.render.read_text())
+        print(report(res) + "\n" + "\n".join(curve_rows(res)) + f"\n\n![reward curves]({plot_curves(res, args.plot).name})")
+        return res
     b = Budget(**{f.name: (tuple(getattr(args, f.name)) if isinstance(f.default, tuple) else getattr(args, f.name))
                   for f in dataclasses.fields(Budget)})
     args.out.mkdir(parents=True, exist_ok=True)

@@ -472,8 +472,11 @@ def run_gate(candidate_dir: str | Path | None, items: list[EvalItem], settings, 
         timings["champion_cached"] = float(champ is not None)
         if champ is None:
             log(f"gate: serving champion {champion.version} (no cached scores for this eval set)")
+            # An external endpoint (serve_url) must serve the champion too, under its name: the gate never
+            # starts a local vLLM behind the back of a deployment that said where its models are served.
             champ, why = _serve_and_answer(champion.model_dir, champion.served_name or champion.version,
-                                           champion.url, items, settings, judge, "champion", timings)
+                                           champion.url or settings.serve_url, items, settings, judge, "champion",
+                                           timings)
             if champ is None or why:
                 return GateReport(GateDecision.failed(why or "no champion results", cv, h), cand, champ, items,
                                   timings)

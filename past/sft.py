@@ -20,7 +20,8 @@ LoRA (PEFT) by default, merged into full weights after each stage, so every stag
 folder (safetensors, tokenizer + chat template, generation config, `past-model.json` manifest), written to a
 temp folder and renamed. `use_lora=False` fine-tunes all weights instead.
 
-Restartability: each stage checkpoints every `save_steps` into the run's work folder; running the same
+Restartability: each stage checkpoints every `save_steps` steps and every `save_every_s` seconds into the
+run's work folder, and logs its progress to the `past.sft` logger; running the same
 command again resumes the unfinished stage from its last *complete* checkpoint (one whose
 `trainer_state.json`, written last, exists) and skips a stage whose merged model is already published.
 """
@@ -30,6 +31,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import logging
 import re
 import shutil
 import time
@@ -71,6 +73,8 @@ class SFTRecipe:
     seed: int = _f(0, "Seed of the split, LoRA init and data order.")
     save_steps: int = _f(50, "Checkpoint every N optimizer steps (resume point after a crash).")
     save_total_limit: int = _f(2, "Checkpoints kept per stage.")
+    save_every_s: float = _f(300.0, "Also checkpoint when this many seconds passed since the last one (0 = off): "
+                             "with ~60 s steps, `save_steps` alone let a 21-step stage end with no checkpoint.")
     max_steps_memorize: int = _f(-1, "Cap stage 1 at N steps (overrides epochs when > 0; tests, benchmarks).")
     max_steps_qa: int = _f(-1, "Cap stage 2 at N steps (overrides epochs when > 0).")
     skip_memorize: bool = _f(False, "Skip stage 1 (QA-only SFT).")
@@ -97,7 +101,11 @@ class SFTRecipe:
                 raise SFTError(f"recipe {name} must be ≥ 0")
 
     def key(self) -> dict:
-        return asdict(self)
+        """The fields that change the trained model (checkpoint cadence does not)."""
+        return {k: v for k, v in asdict(self).items() if k not in OPERATIONAL_FIELDS}
+
+
+OPERATIONAL_FIELDS = ("save_steps", "save_total_limit", "save_every_s")
 
 
 class SFTError(PastError):
@@ -165,6 +173,45 @@ def drop_partial_checkpoints(ckpt_dir: Path, keep: Path | None) -> None:
 
 
 # --- one stage --------------------------------------------------------------------------------------------
+log = logging.getLogger("past.sft")  # `past up` forwards the `past` loggers into the Prefect run log
+
+
+def _progress_callback(name: str, save_every_s: float):
+    """A log line about every 5 % of a stage (step, loss, s/step, ETA), and a checkpoint every `save_every_s`:
+    a 20-minute stage is never silent in the Prefect UI, and a crash loses minutes, not the stage."""
+    from transformers import TrainerCallback
+
+    class Progress(TrainerCallback):
+        def __init__(self) -> None:
+            self.t0 = self.last_save = time.monotonic()
+            self.loss: float | None = None
+            self.first_step = 0
+
+        def on_train_begin(self, args, state, control, **kw):
+            self.first_step = state.global_step  # > 0 after a resume
+            log.info(f"sft {name}: {state.max_steps} steps" + (f", resuming at {state.global_step}" if state.global_step else ""))
+
+        def on_log(self, args, state, control, logs=None, **kw):
+            if logs and "loss" in logs:
+                self.loss = float(logs["loss"])
+
+        def on_save(self, args, state, control, **kw):
+            self.last_save = time.monotonic()
+
+        def on_step_end(self, args, state, control, **kw):
+            now, step, total = time.monotonic(), state.global_step, max(state.max_steps, 1)
+            done = step - self.first_step
+            if step == total or step % max(1, total // 20) == 0:
+                per = (now - self.t0) / max(done, 1)
+                loss = f", loss {self.loss:.3f}" if self.loss is not None else ""
+                log.info(f"sft {name}: step {step}/{total}{loss}, {per:.1f} s/step, ~{per * (total - step):.0f} s left")
+            if save_every_s > 0 and now - self.last_save >= save_every_s and step < total:
+                control.should_save = True
+            return control
+
+    return Progress()
+
+
 def train_stage(name: str, model_dir: Path, rows: list[dict], recipe: SFTRecipe, stage_dir: Path,
                 final_dir: Path, epochs: float, lr: float, max_steps: int, packing: bool,
                 manifest_extra: dict | None = None, progress: bool = True, save_model: bool = True,
@@ -210,7 +257,7 @@ def train_stage(name: str, model_dir: Path, rows: list[dict], recipe: SFTRecipe,
         include_num_input_tokens_seen="non_padding", disable_tqdm=not progress, dataloader_num_workers=0,
     )
     trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tok,
-                         peft_config=peft_config)
+                         peft_config=peft_config, callbacks=[_progress_callback(name, recipe.save_every_s)])
     if packing and "input_ids" in rows[0]:  # pre-tokenized windows: packing must not have dropped a token
         given = sum(len(r["input_ids"]) for r in rows)
         packed = sum(len(x) for x in trainer.train_dataset["input_ids"])

@@ -287,3 +287,24 @@ def episode_reward(ep: Episode, task: ToolTask, w: EpisodeWeights = EpisodeWeigh
     bad = m["unknown_tool"] > 0 or m["valid_format"] < 1.0
     return (w.format * m["valid_format"] + w.call_ok * m["valid_call"] + w.finish * m["finish"]
             + w.passed * m["pass"] - (w.penalty if bad else 0.0))
+
+
+def first_call_text(task: ToolTask) -> str:
+    """The reply stage-2 SFT teaches for a request: its first call only (the authors' stage 2), never the rest
+    of the episode - finishing is what GRPO (or the grafted skill vector) must add."""
+    return f"Action: {task.tool}\nAction Input: {json.dumps(task.arguments, ensure_ascii=False)}"
+
+
+def tool_gate_metrics(episodes: list[Episode], tasks: list[ToolTask], confidence: float = 0.95) -> dict[str, float]:
+    """Rates over episodes with Wilson intervals: what a tool corpus's gate reports (pass, valid call, finish)."""
+    from past.stats import wilson
+
+    if len(episodes) != len(tasks) or not tasks:
+        raise ValueError(f"{len(episodes)} episodes for {len(tasks)} tasks")
+    rows = [episode_metrics(e, t) for e, t in zip(episodes, tasks)]
+    out: dict[str, float] = {"n": float(len(rows))}
+    for name in ("pass", "valid_call", "first_call_correct", "finish", "unknown_tool"):
+        k = int(sum(r[name] for r in rows))
+        iv = wilson(k, len(rows), confidence)
+        out |= {f"{name}_rate": k / len(rows), f"{name}_lower": iv.lower, f"{name}_upper": iv.upper}
+    return out

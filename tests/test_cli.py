@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -109,3 +110,24 @@ def test_past_up_points_local_flows_at_the_store_its_ui_shows(tmp_path: Path, mo
     assert "svc" in env["PAST_K8S_MLFLOW_TRACKING_URI"]  # only the Kubernetes pool's job template reads this one
     text = (Path(__file__).resolve().parents[1] / "deployments" / "prefect.yaml").read_text()
     assert "{{ $PAST_K8S_MLFLOW_TRACKING_URI }}" in text and "{{ $PAST_MLFLOW_TRACKING_URI }}" not in text
+
+
+def test_stopping_past_up_stops_the_whole_tree(tmp_path: Path) -> None:
+    """#16: after SIGTERM to `past up`, two flow-run processes (own session, ignoring SIGTERM) kept running."""
+    import psutil
+
+    from past.cli.up import terminate_tree
+
+    stubborn = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(120)"
+    worker = ("import subprocess, sys, time; "
+              f"subprocess.Popen([sys.executable, '-c', {stubborn!r}], start_new_session=True); time.sleep(120)")
+    parent = subprocess.Popen([sys.executable, "-c", worker], start_new_session=True)
+    deadline = time.time() + 30
+    while not psutil.Process(parent.pid).children() and time.time() < deadline:
+        time.sleep(0.1)
+    (child,) = psutil.Process(parent.pid).children()
+    time.sleep(0.5)  # let the child install its SIGTERM handler
+    killed = terminate_tree([parent.pid], timeout_s=2)
+    assert killed == [child.pid], "the stubborn child needed SIGKILL; the parent went on SIGTERM"
+    assert not psutil.pid_exists(child.pid) or psutil.Process(child.pid).status() == psutil.STATUS_ZOMBIE
+    parent.wait(timeout=5)

@@ -46,6 +46,8 @@ def test_protocol_bench_arms_selection_and_resume(tiny_model_dir: Path, tmp_path
 
     again = protocol.run(["--seeds", "0", "--base", str(tiny_model_dir), "--out", str(out), *TINY])  # resumes
     assert again["seeds"][0]["arms"] == s["arms"]
+    protocol.run(["--render", str(out / "results.json"), "--plot", str(tmp_path / "curves.png")])
+    assert (tmp_path / "curves.png").stat().st_size > 0
 
 
 def test_choose_lam_prefers_accuracy_then_the_smaller_lam() -> None:

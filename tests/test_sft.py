@@ -177,3 +177,25 @@ def test_stage_entry_points_with_external_qa(tiny_model_dir: Path, tmp_path: Pat
     assert len(rows) == 6 and {r["corpus_id"] for r in rows} == {load_corpus(corpus).id}
     assert r2["metrics"]["memorize"]["steps"] == 2 and r2["metrics"]["qa"]["steps"] == 2
     assert verify_model_dir(tmp_path / "out") == []
+
+
+def test_a_stage_logs_progress_and_checkpoints_by_time(tiny_model_dir: Path, tmp_path: Path, caplog) -> None:
+    """#16: a 20-minute stage wrote nothing to the run log, and with save_steps=50 a 21-step stage ended with
+    no checkpoint. save_every_s=1e-9 means 'a checkpoint after every step' here (save_steps alone: none)."""
+    import logging
+
+    from past.sft import train_stage
+
+    rows = [{"text": f"The Velmora bridge {i} is {i} metres long."} for i in range(8)]
+    recipe = SFTRecipe(batch_size=2, max_length=64, save_steps=1000, save_total_limit=10, save_every_s=1e-9,
+                       lora_r=4, lora_alpha=8)
+    with caplog.at_level(logging.INFO, logger="past.sft"):
+        m = train_stage("memorize", tiny_model_dir, rows, recipe, tmp_path / "s1", tmp_path / "s1" / "model",
+                        epochs=1, lr=1e-3, max_steps=4, packing=False, progress=False, save_model=False)
+    lines = [r.getMessage() for r in caplog.records if r.name == "past.sft"]
+    assert m["steps"] == 4 and lines[0] == "sft memorize: 4 steps"
+    assert any(line.startswith("sft memorize: step 4/4, loss ") and "s/step" in line for line in lines), lines
+    ckpts = sorted(p.name for p in (tmp_path / "s1" / "checkpoints").glob("checkpoint-*"))
+    assert ckpts == ["checkpoint-1", "checkpoint-2", "checkpoint-3", "checkpoint-4"], ckpts
+    # checkpoint cadence does not change what is trained: it is not part of the recipe's key
+    assert SFTRecipe(save_every_s=0, save_steps=7).key() == SFTRecipe().key()

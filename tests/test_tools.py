@@ -118,3 +118,20 @@ def test_episode_rewards_follow_the_authors_shaping() -> None:
     assert r["good"] == pytest.approx(1.6) and r["good"] > r["wrong"] > r["no_finish"] > r["prose"]
     assert r["unknown"] < r["no_finish"], "an unknown API is penalised"
     assert good.to_json()["steps"][0]["observation"] == {"price": "120 credits"}
+
+
+def test_first_call_text_parses_back_and_gate_metrics_have_intervals() -> None:
+    from past.tools import first_call_text, tool_gate_metrics
+
+    spec, _ = parse_tool_spec(json.dumps(SPEC))
+    sim, task = Simulator(spec), ToolTask(**TASK)
+    step = parse_action(first_call_text(task))
+    assert (step.name, step.arguments) == (task.tool, task.arguments)
+    finish = 'Action: Finish\nAction Input: {"answer": "120 credits"}'
+    eps = [run_episode(task.request, (lambda it: lambda m: next(it))(iter([first_call_text(task), finish])), sim),
+           run_episode(task.request, lambda m: first_call_text(task), sim)]  # calls but never finishes
+    m = tool_gate_metrics(eps, [task, task])
+    assert m["n"] == 2 and m["pass_rate"] == 0.5 and m["finish_rate"] == 0.5 and m["valid_call_rate"] == 1.0
+    assert 0 < m["pass_lower"] < 0.5 < m["pass_upper"] < 1
+    with pytest.raises(ValueError):
+        tool_gate_metrics(eps, [task])

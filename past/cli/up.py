@@ -37,10 +37,40 @@ def env_for(home: Path, api_url: str, mlflow_uri: str) -> dict[str, str]:
             "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_RESULTS_PERSIST_BY_DEFAULT": "true",
             "PAST_HOME": str(home), "PAST_REPO": str(REPO), "DO_NOT_TRACK": "1",
             "PAST_MLFLOW_TRACKING_URI": mlflow_uri,
+            # the library's own loggers (e.g. `past.sft` progress) go into the flow runs' logs in the UI
+            "PREFECT_LOGGING_EXTRA_LOGGERS": os.environ.get("PREFECT_LOGGING_EXTRA_LOGGERS", "past"),
             # placeholders of the Kubernetes deployments only (deployments/prefect.yaml's gpu pool); set them
             # for a real cluster. They never reach the local worker's flows.
             "PAST_IMAGE": os.environ.get("PAST_IMAGE", "past-orchestrator:latest"),
             "PAST_K8S_MLFLOW_TRACKING_URI": os.environ.get("PAST_K8S_MLFLOW_TRACKING_URI", "http://mlflow.past.svc:5000")}
+
+
+def terminate_tree(pids: list[int], timeout_s: float) -> list[int]:
+    """SIGTERM every process in the trees under `pids` (children first seen at call time, whatever their
+    session: the worker's flow runs start their own), SIGKILL what is still alive after `timeout_s`.
+    Returns the pids that had to be killed. Stopping `past up` used to leave flow-run processes running."""
+    import psutil
+
+    tree: list[psutil.Process] = []
+    for pid in pids:
+        try:
+            root = psutil.Process(pid)
+            tree += [root, *root.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            pass
+    for proc in reversed(tree):  # children before their parents: a worker must not respawn what it lost
+        try:
+            proc.terminate()
+        except psutil.NoSuchProcess:
+            pass
+    _, alive = psutil.wait_procs(tree, timeout=timeout_s)
+    for proc in alive:
+        try:
+            proc.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(alive, timeout=5)
+    return [p.pid for p in alive]
 
 
 def wait_healthy(url: str, proc: subprocess.Popen, timeout_s: float, what: str) -> None:
@@ -84,16 +114,7 @@ def run(args: argparse.Namespace) -> int:
                        stdout=subprocess.DEVNULL)
 
     def stop(*_: object) -> None:
-        for p in reversed(procs):
-            try:
-                os.killpg(p.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-        for p in procs:
-            try:
-                p.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(p.pid, signal.SIGKILL)
+        terminate_tree([p.pid for p in procs], timeout_s=20)
 
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     try:
