@@ -419,14 +419,19 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--results-md", type=Path, default=REPO / "docs" / "RESULTS.md",
                     help="where the final run writes the table (plots go next to it)")
     ap.add_argument("--keep-models", action="store_true", help="keep model folders after a seed finishes")
-    for f in dataclasses.fields(Budget):
+    add_budget_args(ap, Budget)
+    return ap
+
+
+def add_budget_args(ap: argparse.ArgumentParser, budget_cls: type) -> None:
+    """One `--field-name` option per field of a budget dataclass (tuples take several floats), help from metadata."""
+    for f in dataclasses.fields(budget_cls):
         kw: dict = {"default": f.default, "help": f.metadata["help"] + f" (default {f.default})"}
         if isinstance(f.default, tuple):
             kw |= {"nargs": "+", "type": float, "default": list(f.default)}
         else:
             kw["type"] = type(f.default)
         ap.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, **kw)
-    return ap
 
 
 def run(argv: list[str] | None = None) -> dict:

@@ -50,7 +50,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 import past.rewards  # noqa: E402,F401 - imported up front: edits during a long run cannot leak in
-from bench.method import BASE, DEV_SEED_OFFSET, _f, _fresh, _published, _write_json, generate_answers, random_like, step  # noqa: E402
+from bench.method import BASE, DEV_SEED_OFFSET, _f, add_budget_args, _fresh, _published, _write_json, generate_answers, random_like, step  # noqa: E402
 from past.grpo import GRPORecipe, learning_gate, read_result, train_grpo  # noqa: E402
 from past.rewards import ENVELOPE_INSTRUCTION, envelope_answer  # noqa: E402
 from past.scoring import is_correct  # noqa: E402
@@ -298,10 +298,7 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--dev", action="store_true", help=f"domains of seed {DEV_SEED_OFFSET}+S (for choosing settings)")
     ap.add_argument("--in-domain-only", action="store_true",
                     help="stop after source SFT + GRPO and the in-domain check (a dev probe of GRPO settings)")
-    for f in dataclasses.fields(Budget):
-        kw: dict = {"default": f.default, "help": f.metadata["help"] + f" (default {f.default})"}
-        kw |= {"nargs": "+", "type": float, "default": list(f.default)} if isinstance(f.default, tuple) else {"type": type(f.default)}
-        ap.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, **kw)
+    add_budget_args(ap, Budget)
     return ap
 
 
