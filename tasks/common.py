@@ -7,6 +7,7 @@ import dataclasses
 import fcntl
 import hashlib
 import json
+import logging
 from pathlib import Path
 from typing import Iterator
 
@@ -30,6 +31,11 @@ def home_tag(s: Settings | None = None) -> str:
     home = (s or load_settings()).home.resolve()
     return hashlib.sha256(str(home).encode()).hexdigest()[:8]
 
+
+# The library logs progress (e.g. `past.sft` steps) at INFO. `past up` sets PREFECT_LOGGING_EXTRA_LOGGERS=past,
+# which gives the `past` logger Prefect's handlers but not a level: without this, INFO stays below the root's
+# WARNING and a 20-minute SFT stage shows nothing in the run log (seen under `past up`).
+logging.getLogger("past").setLevel(logging.INFO)
 
 # A re-run with the same inputs, code and settings skips the step (its recorded manifest is returned).
 CACHED = INPUTS + TASK_SOURCE + CacheKeyFnPolicy(cache_key_fn=_settings_key)
