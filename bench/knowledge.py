@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 import tempfile
 import time
@@ -21,7 +22,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from past.config import load_settings  # noqa: E402
-from past.corpus import load_corpus, read_qa_jsonl  # noqa: E402
+from past.corpus import QAPair, load_corpus, read_qa_jsonl  # noqa: E402
+from past.evaluation import general_prompts  # noqa: E402
 from past.models import resolve_model  # noqa: E402
 from past.recall import recall_of_folder  # noqa: E402
 from past.sft import SFTRecipe, run_sft  # noqa: E402
@@ -37,10 +39,15 @@ def main() -> None:
     ap.add_argument("--epochs-memorize", type=float, default=3.0)
     ap.add_argument("--epochs-qa", type=float, default=3.0)
     ap.add_argument("--min-steps-qa", type=int, default=60)
-    ap.add_argument("--lr", type=float, default=2e-4)
+    ap.add_argument("--lr", type=float, default=2e-4, help="learning rate of stage 1 (and stage 2 unless --lr-qa)")
+    ap.add_argument("--lr-qa", type=float, default=None, help="stage-2 learning rate (default: --lr)")
+    ap.add_argument("--replay", type=int, default=0, help="stage-2 rehearsal examples (sft_replay_examples)")
+    ap.add_argument("--batch-memorize", type=int, default=8, help="stage-1 packed blocks per batch")
     ap.add_argument("--eval-fraction", type=float, default=0.3)
     ap.add_argument("--split-by", choices=["document", "question"], default="document")
     ap.add_argument("--n-qa", type=int, default=8, help="teacher QA per document (teacher_n_qa)")
+    ap.add_argument("--reuse-stage1", type=Path, default=None,
+                    help="keep the stage-1 model here and reuse it when its key matches (stage-2 variants)")
     ap.add_argument("--json", type=Path, default=None)
     a = ap.parse_args()
 
@@ -57,22 +64,31 @@ def main() -> None:
 
         impl = read_implications(Path(teacher["path"]) / "implications.jsonl")
         recipe = SFTRecipe.from_settings(s, epochs_memorize=a.epochs_memorize, epochs_qa=a.epochs_qa,
-                                         lr_memorize=a.lr, lr_qa=a.lr, min_steps_qa=a.min_steps_qa,
+                                         lr_memorize=a.lr, lr_qa=a.lr_qa or a.lr, min_steps_qa=a.min_steps_qa,
+                                         batch_size_memorize=a.batch_memorize, replay_examples=a.replay,
                                          eval_fraction=a.eval_fraction, seed=a.seed, split_by=a.split_by)
         work = Path(tmp) / "work"
+        if a.reuse_stage1 and (a.reuse_stage1 / "stage1").is_dir():  # run_memorize checks its key before reusing
+            shutil.copytree(a.reuse_stage1 / "stage1", work / "stage1")
         m = run_sft(corpus_dir, Path(tmp) / "model", base, recipe, work_dir=work, qa=qa, implications=impl,
                     progress=False)
         sft_s = time.perf_counter() - t0
+        if a.reuse_stage1 and not (a.reuse_stage1 / "stage1").is_dir():
+            shutil.copytree(work / "stage1", a.reuse_stage1 / "stage1", ignore=shutil.ignore_patterns("checkpoints"))
         train = read_qa_jsonl(work / "splits" / "train.jsonl")
         held = read_qa_jsonl(work / "splits" / "eval.jsonl")
+        # general ability: the gate's fixed general prompts, asked the same way (a forgetting check)
+        general = [QAPair(id=g.id, question=g.question, answer=g.answer) for g in general_prompts()]
         rows = {}
         for name, folder in (("base", base), ("sft", Path(tmp) / "model")):
-            rows[name] = {"train": recall_of_folder(folder, train), "heldout": recall_of_folder(folder, held)}
+            rows[name] = {"train": recall_of_folder(folder, train), "heldout": recall_of_folder(folder, held),
+                          "general": recall_of_folder(folder, general)}
     out = {"args": vars(a) | {"json": str(a.json)}, "teacher": {k: teacher[k] for k in ("teacher", "qa", "implications", "seconds")},
            "sft_s": round(sft_s, 1), "memorize": {k: m["memorize"].get(k) for k in ("steps", "loss_first", "loss_last",
                                                                                   "coverage", "corpus_tokens", "windows", "train_runtime_s")},
            "qa": {k: m["qa"].get(k) for k in ("steps", "loss_first", "loss_last", "train_runtime_s")},
-           "training_check": m["qa"].get("train_recall"), "recall": rows}
+           "qa_loss_curve": m["qa"].get("loss_curve"), "memorize_loss_curve": m["memorize"].get("loss_curve"),
+           "training_check": m["qa"].get("train_recall"), "replay": m.get("replay"), "recall": rows}
     print(f"{'model':<6} {'QA':<8} {'n':>4} {'accuracy':>9}  95% Wilson")
     for name, r in rows.items():
         for kind, v in r.items():
@@ -80,7 +96,7 @@ def main() -> None:
     print(json.dumps({k: out[k] for k in ("teacher", "sft_s", "memorize", "qa")}, indent=1))
     if a.json:
         a.json.parent.mkdir(parents=True, exist_ok=True)
-        a.json.write_text(json.dumps(out, indent=2) + "\n")
+        a.json.write_text(json.dumps(out, indent=2, default=str) + "\n")
 
 
 if __name__ == "__main__":

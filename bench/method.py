@@ -119,7 +119,8 @@ def recipes(b: Budget, seed: int) -> tuple[SFTRecipe, GRPORecipe]:
     # save_steps beyond max_steps: a full-parameter checkpoint costs more than a step; steps resume at step level.
     sft = SFTRecipe(max_steps_memorize=b.sft_steps_memorize, max_steps_qa=b.sft_steps_qa, lr_memorize=b.sft_lr,
                     lr_qa=b.sft_lr, lora_r=b.sft_lora_r, lora_alpha=2 * b.sft_lora_r, batch_size=b.sft_batch,
-                    max_length=b.sft_max_length, eval_fraction=b.eval_fraction, save_steps=10_000, seed=seed)
+                    max_length=b.sft_max_length, eval_fraction=b.eval_fraction, save_steps=10_000, seed=seed,
+                    batch_size_memorize=b.sft_batch, replay_examples=0)  # as the recorded results were measured
     grpo = GRPORecipe(max_steps=b.grpo_steps, prompts_per_step=b.grpo_prompts, num_generations=b.grpo_generations,
                       max_completion_length=b.grpo_completion, learning_rate=b.grpo_lr, save_steps=10_000, seed=seed)
     return sft, grpo

@@ -82,7 +82,8 @@ class Budget:
 def recipes(b: Budget, seed: int) -> tuple[SFTRecipe, GRPORecipe]:
     sft = SFTRecipe(max_steps_memorize=b.sft_steps_memorize, max_steps_qa=b.sft_steps_qa, lr_memorize=b.sft_lr,
                     lr_qa=b.sft_lr, lora_r=16, lora_alpha=32, batch_size=8, max_length=256, eval_fraction=0.5,
-                    save_steps=10_000, seed=seed, min_steps_qa=0, check_train_qa=0)
+                    save_steps=10_000, seed=seed, min_steps_qa=0, check_train_qa=0,
+                    batch_size_memorize=8, replay_examples=0)  # as the recorded results were measured
     grpo = GRPORecipe(max_steps=b.grpo_steps, prompts_per_step=b.grpo_prompts, num_generations=b.grpo_generations,
                       max_completion_length=b.grpo_completion, learning_rate=b.grpo_lr,
                       temperature=b.grpo_temperature, rewards=("envelope", "envelope_f1"), reward_weights=(1.0, 0.5),

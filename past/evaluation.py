@@ -243,8 +243,12 @@ class GateDecision:
     passed: bool
     reasons: list[str]  # why it failed (empty on a pass)
     metrics: dict[str, float] = field(default_factory=dict)
-    champion_version: str | None = None  # what the gate compared against: promotion is compare-and-set on it
+    champion_version: str | None = None  # the champion it was compared with: promotion is compare-and-set on it
     eval_hash: str = ""
+    compared_with: str = ""  # who the `champion_*` scores belong to: the champion, or the base model before one
+
+    def __post_init__(self) -> None:
+        self.compared_with = self.compared_with or self.champion_version or ""
 
     @property
     def reason(self) -> str:
@@ -277,8 +281,8 @@ def _error_check(results: list[ItemResult], who: str, max_error_rate: float) -> 
 
 
 def decide(candidate: list[ItemResult], champion: list[ItemResult] | None, settings,
-           champion_version: str | None = None, eval_hash: str = "", training_check: dict | None = None
-           ) -> GateDecision:
+           champion_version: str | None = None, eval_hash: str = "", training_check: dict | None = None,
+           compared_with: str = "") -> GateDecision:
     """Pass only if there are enough new-corpus items, the Wilson lower bound of new-corpus accuracy clears
     the floor, the paired difference with the champion on the same items has its lower bound at or above the
     margin, retention/general accuracy drop no more than the tolerance, and the training check (recall of
@@ -333,18 +337,23 @@ def decide(candidate: list[ItemResult], champion: list[ItemResult] | None, setti
                 if h - c > settings.gate_retention_tolerance + eps:
                     reasons.append(f"{kind} accuracy dropped {h - c:.3f} (champion {h:.3f} → candidate {c:.3f}), "
                                    f"more than the tolerance {settings.gate_retention_tolerance:.3f}")
-    return GateDecision(not reasons, reasons, m, champion_version, eval_hash)
+    return GateDecision(not reasons, reasons, m, champion_version, eval_hash, compared_with)
 
 
 # --- the whole gate ---------------------------------------------------------------------------------------
 @dataclass
 class Champion:
-    """What the candidate is compared with: a registry version (name/version) and how to serve it."""
+    """What the candidate is compared with: a registry version (name/version) and how to serve it.
+
+    Before a model has any champion, the gate compares the first candidate with the base model it was
+    trained from (`is_base`): it must beat it on the new corpus and keep its general ability, like any
+    later candidate against a champion. Promotion is then compare-and-set on "no champion"."""
 
     version: str
     model_dir: Path | None = None
     url: str = ""  # an endpoint already serving it, instead of starting vLLM
     served_name: str = ""  # the model name at `url`, when it is not `version`
+    is_base: bool = False  # the base model standing in for a champion that does not exist yet
 
 
 @dataclass
@@ -457,7 +466,8 @@ def run_gate(candidate_dir: str | Path | None, items: list[EvalItem], settings, 
         raise EvalSetError("empty eval set")
     judge = judge_from_settings(settings)
     h = eval_set_hash(items, settings.gate_max_tokens, settings.judge_model if judge else "")
-    cv = champion.version if champion else None
+    cv = champion.version if champion and not champion.is_base else None
+    who = champion.version if champion else ""
     timings: dict[str, float] = {}
 
     log(f"gate: serving candidate {served_name} on {len(items)} items")
@@ -466,12 +476,14 @@ def run_gate(candidate_dir: str | Path | None, items: list[EvalItem], settings, 
     if cand is None or why:
         return GateReport(GateDecision.failed(why or "no candidate results", cv, h), cand or [], None, items, timings)
 
+
     champ = None
     if champion is not None:
         champ = load_champion_cache(settings, champion.version, h)
         timings["champion_cached"] = float(champ is not None)
         if champ is None:
-            log(f"gate: serving champion {champion.version} (no cached scores for this eval set)")
+            log(f"gate: serving {'the base model' if champion.is_base else 'champion'} {champion.version} "
+                "(no cached scores for this eval set)")
             # An external endpoint (serve_url) must serve the champion too, under its name: the gate never
             # starts a local vLLM behind the back of a deployment that said where its models are served.
             champ, why = _serve_and_answer(champion.model_dir, champion.served_name or champion.version,
@@ -482,6 +494,6 @@ def run_gate(candidate_dir: str | Path | None, items: list[EvalItem], settings, 
                                   timings)
             if _error_check(champ, "champion", settings.gate_max_error_rate) is None:
                 save_champion_cache(settings, champion.version, h, champ)
-    decision = decide(cand, champ, settings, cv, h, training_check=training_check)
+    decision = decide(cand, champ, settings, cv, h, training_check=training_check, compared_with=who)
     log(f"gate: {'PASS' if decision.passed else 'FAIL'} - {decision.reason}")
     return GateReport(decision, cand, champ, items, timings)

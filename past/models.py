@@ -75,6 +75,12 @@ def write_manifest(model_dir: Path, hashes: dict[str, str] | None = None, **extr
     return manifest
 
 
+def model_id(model_dir: Path) -> str:
+    """A model folder's identity: the sha256 of its checksum manifest (else its path)."""
+    m = Path(model_dir) / MANIFEST
+    return hashlib.sha256(m.read_bytes()).hexdigest() if m.is_file() else str(Path(model_dir).resolve())
+
+
 def verify_model_dir(model_dir: Path) -> list[str]:
     """Problems with a model folder versus its manifest (empty list = intact)."""
     model_dir = Path(model_dir)

@@ -235,7 +235,7 @@ class Registry:
             self.client.log_dict(run_id, report.to_dict(), "gate/gate-report.json")
             self.client.set_tag(run_id, "gate", "passed" if d.passed else "failed")
         for k, v in {"gate": "passed" if d.passed else "failed", "gate_reason": d.reason[:4900],
-                     "eval_hash": d.eval_hash, "compared_with": d.champion_version or "none"}.items():
+                     "eval_hash": d.eval_hash, "compared_with": d.compared_with or "none"}.items():
             self.client.set_model_version_tag(name, version, k, v)
 
     def conclude(self, name: str, version: str, run_id: str | None, report) -> Outcome:

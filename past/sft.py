@@ -40,7 +40,7 @@ from pathlib import Path
 
 from past.corpus import Corpus, QAPair, load_corpus, write_splits
 from past.errors import PastError
-from past.models import MANIFEST, publish_dir, staging_dir, verify_model_dir, write_manifest
+from past.models import MANIFEST, model_id, publish_dir, staging_dir, verify_model_dir, write_manifest
 
 
 def _f(default, help: str):  # noqa: A002 - TRL-style help metadata
@@ -60,13 +60,18 @@ class SFTRecipe:
     lr_qa: float = _f(2e-4, "Stage 2 learning rate.")
     lr_scheduler: str = _f("linear", "transformers lr scheduler type for both stages.")
     warmup: float = _f(0.0, "Warm-up: a float in [0, 1) is a fraction of the steps, a whole number ≥ 1 a step count.")
-    batch_size: int = _f(8, "Per-device batch size (stage 1: packed blocks; stage 2: QA pairs).")
+    batch_size: int = _f(8, "Stage 2: QA pairs per device batch.")
+    batch_size_memorize: int = _f(1, "Stage 1: packed max_length blocks per device batch. A small corpus is only a "
+                                  "few blocks, so a big batch gives it almost no optimizer steps per epoch.")
     grad_accum: int = _f(1, "Gradient accumulation steps.")
     max_length: int = _f(512, "Tokens per packed block (stage 1) and per QA example (stage 2).")
     chunk_overlap: int = _f(64, "Stage 1: tokens shared by consecutive windows of a document longer than max_length "
                             "(at most max_length/4 is used).")
     min_steps_memorize: int = _f(0, "Stage 1: at least this many optimizer steps, whatever the epochs give.")
     min_steps_qa: int = _f(60, "Stage 2: at least this many optimizer steps (small QA sets need many epochs).")
+    replay_examples: int = _f(48, "Stage 2: general prompts answered by the base model itself and trained with the QA "
+                              "(self-synthesized rehearsal against forgetting, `past.replay`); 0 = off.")
+    replay_max_tokens: int = _f(96, "Stage 2: longest base-model answer to a rehearsal prompt, in tokens.")
     check_train_qa: int = _f(32, "Training check: training questions asked closed-book after stage 2 (0 = off).")
     eval_fraction: float = _f(0.2, "Share of documents (or questions, see split_by) held out for the eval gate.")
     split_by: str = _f("document", "Held-out unit: `document` (its QA never trained) or `question`.")
@@ -85,6 +90,7 @@ class SFTRecipe:
         base = dict(use_lora=settings.sft_use_lora, epochs_memorize=settings.sft_epochs_memorize,
                     epochs_qa=settings.sft_epochs_qa, lr_memorize=lr, lr_qa=lr, seed=settings.seed,
                     min_steps_qa=settings.sft_min_steps_qa, eval_fraction=settings.sft_eval_fraction,
+                    replay_examples=settings.sft_replay_examples, batch_size_memorize=settings.sft_batch_size_memorize,
                     split_by=settings.sft_split_by)
         base.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**base)
@@ -96,7 +102,7 @@ class SFTRecipe:
             raise SFTError(f"recipe chunk_overlap {self.chunk_overlap} must be ≥ 0")
         if self.split_by not in ("document", "question"):
             raise SFTError(f"recipe split_by {self.split_by!r}: expected `document` or `question`")
-        for name in ("min_steps_memorize", "min_steps_qa", "check_train_qa"):
+        for name in ("min_steps_memorize", "min_steps_qa", "check_train_qa", "replay_examples"):
             if getattr(self, name) < 0:
                 raise SFTError(f"recipe {name} must be ≥ 0")
 
@@ -104,8 +110,16 @@ class SFTRecipe:
         """The fields that change the trained model (checkpoint cadence does not)."""
         return {k: v for k, v in asdict(self).items() if k not in OPERATIONAL_FIELDS}
 
+    def memorize_key(self) -> dict:
+        """The fields that change the stage-1 model."""
+        return {k: getattr(self, k) for k in MEMORIZE_FIELDS}
+
 
 OPERATIONAL_FIELDS = ("save_steps", "save_total_limit", "save_every_s")
+# what stage 1 depends on: changing a stage-2 field (its lr, steps, rehearsal, split) must not retrain stage 1
+MEMORIZE_FIELDS = ("use_lora", "lora_r", "lora_alpha", "lora_dropout", "lora_targets", "epochs_memorize", "lr_memorize",
+                   "lr_scheduler", "warmup", "batch_size_memorize", "grad_accum", "max_length", "chunk_overlap",
+                   "min_steps_memorize", "max_steps_memorize", "seed")
 
 
 class SFTError(PastError):
@@ -215,7 +229,8 @@ def _progress_callback(name: str, save_every_s: float):
 def train_stage(name: str, model_dir: Path, rows: list[dict], recipe: SFTRecipe, stage_dir: Path,
                 final_dir: Path, epochs: float, lr: float, max_steps: int, packing: bool,
                 manifest_extra: dict | None = None, progress: bool = True, save_model: bool = True,
-                min_steps: int = 0, after_train=None, extra_metrics: dict | None = None) -> dict:
+                min_steps: int = 0, after_train=None, extra_metrics: dict | None = None,
+                batch_size: int | None = None) -> dict:
     """Train one stage from `model_dir` and publish the merged model to `final_dir`. Returns its metrics.
 
     Steps: `max_steps` when > 0, else max(epochs × steps per epoch, `min_steps`). `after_train(model, tok)`
@@ -234,6 +249,7 @@ def train_stage(name: str, model_dir: Path, rows: list[dict], recipe: SFTRecipe,
     resume = last_complete_checkpoint(ckpt_dir)
     drop_partial_checkpoints(ckpt_dir, resume)
     cuda = torch.cuda.is_available()
+    batch_size = batch_size or recipe.batch_size
     tok = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
     peft_config = None
@@ -247,7 +263,7 @@ def train_stage(name: str, model_dir: Path, rows: list[dict], recipe: SFTRecipe,
     args = SFTConfig(
         output_dir=str(ckpt_dir), num_train_epochs=epochs, max_steps=max_steps if max_steps > 0 else -1,
         learning_rate=lr, lr_scheduler_type=recipe.lr_scheduler, warmup_steps=recipe.warmup if recipe.warmup < 1 else int(recipe.warmup),
-        per_device_train_batch_size=recipe.batch_size, gradient_accumulation_steps=recipe.grad_accum,
+        per_device_train_batch_size=batch_size, gradient_accumulation_steps=recipe.grad_accum,
         max_length=recipe.max_length, packing=packing, dataset_text_field="text",
         completion_only_loss=None if packing else True,
         use_cpu=not cuda, bf16=cuda and torch.cuda.is_bf16_supported(),
@@ -264,7 +280,7 @@ def train_stage(name: str, model_dir: Path, rows: list[dict], recipe: SFTRecipe,
         if packed != given:
             raise SFTError(f"stage {name}: packing kept {packed} of {given} tokens; refusing to train on a "
                            "silently truncated corpus")
-    per_epoch = max(1, math.ceil(len(trainer.train_dataset) / (recipe.batch_size * recipe.grad_accum)))
+    per_epoch = max(1, math.ceil(len(trainer.train_dataset) / (batch_size * recipe.grad_accum)))
     planned = max_steps if max_steps > 0 else max(math.ceil(epochs * per_epoch), min_steps)
     trainer.args.max_steps = planned  # read by train(); epochs alone give small QA sets almost no steps
     if not progress:  # disable_tqdm swaps the bars for a per-step dict printer; quiet means quiet
@@ -330,12 +346,6 @@ def _done(model_dir: Path, run_key: str) -> bool:
 
 
 # --- both stages ------------------------------------------------------------------------------------------
-def _model_id(model_dir: Path) -> str:
-    """A model folder's identity: the sha256 of its checksum manifest (else its path)."""
-    m = Path(model_dir) / MANIFEST
-    return hashlib.sha256(m.read_bytes()).hexdigest() if m.is_file() else str(Path(model_dir).resolve())
-
-
 def _key(**parts) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -343,7 +353,7 @@ def _key(**parts) -> str:
 def run_key(corpus: Corpus, base_model: Path, recipe: SFTRecipe, qa: list[QAPair],
             implications: dict[str, list[str]] | None) -> str:
     """What makes two runs "the same command": corpus, base model, recipe, QA and implications."""
-    return _key(corpus=corpus.id, base=_model_id(base_model), recipe=recipe.key(), qa=sorted(p.id for p in qa),
+    return _key(corpus=corpus.id, base=model_id(base_model), recipe=recipe.key(), qa=sorted(p.id for p in qa),
                 impl=implications or {})
 
 
@@ -360,7 +370,7 @@ def run_memorize(corpus_path: Path, base_model: Path, recipe: SFTRecipe, work_di
                  implications: dict[str, list[str]] | None = None, progress: bool = True) -> dict:
     """Stage 1 alone -> {"model": <work>/stage1/model, "metrics", "run_key"}; skipped if already done."""
     corpus = load_corpus(corpus_path)
-    key = _key(stage="memorize", corpus=corpus.id, base=_model_id(base_model), recipe=recipe.key(),
+    key = _key(stage="memorize", corpus=corpus.id, base=model_id(base_model), recipe=recipe.memorize_key(),
                impl=implications or {})
     s1 = Path(work_dir) / "stage1"
     if _done(s1 / "model", key):
@@ -373,7 +383,7 @@ def run_memorize(corpus_path: Path, base_model: Path, recipe: SFTRecipe, work_di
         m1 = train_stage("memorize", Path(base_model), rows, recipe, s1, s1 / "model", recipe.epochs_memorize,
                          recipe.lr_memorize, recipe.max_steps_memorize, packing=True,
                          manifest_extra={"run_key": key, "corpus_id": corpus.id}, progress=progress,
-                         min_steps=recipe.min_steps_memorize, extra_metrics={
+                         min_steps=recipe.min_steps_memorize, batch_size=recipe.batch_size_memorize, extra_metrics={
                              "coverage": cover["coverage"], "corpus_tokens": cover["corpus_tokens"],
                              "windows": cover["window_count"], "texts_split": cover["texts_split"],
                              "implications": sum(len(v) for v in (implications or {}).values())})
@@ -396,7 +406,7 @@ def run_qa(corpus_path: Path, stage1_model: Path, base_model: Path, recipe: SFTR
               "train_split": work / "splits" / "train.jsonl"}
     train_ids = {json.loads(line)["id"] for line in result["train_split"].read_text().splitlines()}
     train_qa = [p for p in qa if p.id in train_ids]
-    key = _key(stage="qa", corpus=corpus.id, start=_model_id(stage1_model), recipe=recipe.key(),
+    key = _key(stage="qa", corpus=corpus.id, start=model_id(stage1_model), recipe=recipe.key(),
                qa=sorted(p.id for p in qa))
     if _done(out_dir, key):
         return result | {"metrics": json.loads((out_dir / MANIFEST).read_text())["metrics"], "run_key": key}
@@ -411,7 +421,16 @@ def run_qa(corpus_path: Path, stage1_model: Path, base_model: Path, recipe: SFTR
     if _done(tmp_final, key):
         m2 = json.loads((s2 / "metrics.json").read_text()) | {"skipped": True}
     else:
-        m2 = train_stage("qa", stage1_model, qa_examples(train_qa), recipe, s2, tmp_final, recipe.epochs_qa,
+        rows = qa_examples(train_qa)
+        if recipe.replay_examples:  # rehearsal: the base model's own answers to general prompts (past.replay)
+            from past.replay import replay_pairs
+
+            t0 = time.perf_counter()
+            replay = replay_pairs(base_model, recipe.replay_examples, recipe.replay_max_tokens, work / "replay")
+            rows += [{"prompt": [{"role": "user", "content": r["prompt"]}],
+                      "completion": [{"role": "assistant", "content": r["answer"]}]} for r in replay]
+            metrics["replay"] = {"examples": len(replay), "seconds": round(time.perf_counter() - t0, 2)}
+        m2 = train_stage("qa", stage1_model, rows, recipe, s2, tmp_final, recipe.epochs_qa,
                          recipe.lr_qa, recipe.max_steps_qa, packing=False,
                          manifest_extra={"run_key": key, "corpus_id": corpus.id}, progress=progress,
                          min_steps=recipe.min_steps_qa, after_train=_training_check(train_qa, recipe))

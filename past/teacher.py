@@ -28,7 +28,7 @@ from past.corpus import Document, QAPair, qa_id
 from past.errors import PastError
 from past.qa import PROMPT_VERSION, QAGenConfig, QAGenResult, QAGenStats, generate, teacher_endpoint
 
-EXTRACTIVE_VERSION = "extractive-v2"  # bump when the generator changes: it is part of the teacher key
+EXTRACTIVE_VERSION = "extractive-v3"  # bump when the generator changes: it is part of the teacher key
 TEACHERS = ("auto", "extractive", "endpoint", "self")
 _SENTENCE = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9\"'(])")
 _HEADING = re.compile(r"^#{1,6}\s+")
@@ -76,7 +76,9 @@ def completion_pair(sentence: str, title: str = "") -> tuple[str, str] | None:
     if len(words) < 4:
         return None
     skip = {w.strip(_EDGE).lower() for w in title.split()}
-    i = next((k for k in range(2, len(words)) if _valueish(words[k], skip)), None)
+    # a capitalised word right after a colon starts a clause ("Quick facts (X): Pressing ..."), it is no name
+    i = next((k for k in range(2, len(words)) if _valueish(words[k], skip)
+              and (words[k - 1][-1:] != ":" or any(c.isdigit() for c in words[k]))), None)
     if i is None:
         return None
     j = i + 1

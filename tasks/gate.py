@@ -8,7 +8,7 @@ from pathlib import Path
 from prefect import task
 
 from past import inbox
-from past.evaluation import build_eval_set, load_eval_items, run_gate
+from past.evaluation import Champion, build_eval_set, load_eval_items, run_gate
 from past.registry import Registry
 from tasks.common import ACCELERATOR_TAG, require, retry_transient, settings
 
@@ -31,6 +31,14 @@ def retention_items(home: Path, model_name: str, exclude: str, n: int, seed: int
     return pool[:n]
 
 
+def base_as_champion(s) -> Champion:
+    """The base model as the first candidate's incumbent, named by its weights (so its cached scores are too)."""
+    from past.models import model_id, resolve_model
+
+    path = resolve_model(s.base_model, s.models_dir)
+    return Champion(f"base:{path.name}:{model_id(path)[:12]}", path, is_base=True)
+
+
 # The gate's vLLM servers take the same slot as training: on one machine a 3 GB server must not start on the
 # cores another corpus is training on (`past up` limits the tag to 1).
 @task(retries=1, retry_condition_fn=retry_transient, retry_delay_seconds=10, tags=[ACCELERATOR_TAG])
@@ -41,6 +49,8 @@ def serve_and_gate(candidate: dict, corpus_id: str, model_name: str, served_name
     new = load_eval_items(evalset_path(s.home, corpus_id), kind="new")
     items = build_eval_set(new, retention_items(s.home, model_name, corpus_id, s.gate_retention_items, s.seed))
     champion = Registry(s).champion_ref(model_name)
+    if champion is None and s.gate_base_as_champion and not s.serve_url:  # an external endpoint serves no base
+        champion = base_as_champion(s)
     report = run_gate(require(candidate), items, s, served_name=served_name, champion=champion,
                       training_check=training_check)
     path = report.write(out_dir)

@@ -56,6 +56,8 @@ def sft_qa(corpus: dict, stage1: dict, base: dict, work_dir: str, out_dir: str, 
     tmp.replace(keep)
     flat = {f"sft_{stage}_{k}": v for stage in ("memorize", "qa") for k, v in (r["metrics"].get(stage) or {}).items()
             if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    if r["metrics"].get("replay"):
+        flat["sft_replay_examples"] = r["metrics"]["replay"]["examples"]
     check = (r["metrics"].get("qa") or {}).get("train_recall")
     if check and check.get("n"):
         flat |= {"train_recall": check["accuracy"], "train_recall_lower": check["lower"]}

@@ -78,6 +78,8 @@ def test_adapt_end_to_end_real_vllm_and_mlflow(harness, env, vector, serve_pytho
     mv = reg.champion("support-bot")
     assert mv is not None and str(mv.version) == "1"
     assert mv.tags["gate"] == "passed" and mv.tags["skill_vector_version"] == vversion
+    # no champion yet: the first candidate was compared with the base model, served by vLLM the same way
+    assert mv.tags["compared_with"].startswith("base:") and "champion_general_accuracy" in out["gate"]
     run = reg.client.get_run(out["mlflow_run_id"])
     assert run.data.params["skill_vector_version"] == vversion and "sft_qa_loss_last" in run.data.metrics
     assert read_ledger(s.home, out["corpus_id"])["status"] == "promoted"

@@ -413,3 +413,24 @@ def test_select_new_items_prefers_the_corpus_own_qa() -> None:
     assert select_new_items(rows, {"h0", "h1", "h2"}, 3) == (rows[:3], "human")
     assert select_new_items(rows, {"h0", "h1", "h2"}, 4) == (rows, "human+teacher")
     assert select_new_items(rows[3:], set(), 4) == (rows[3:], "teacher")
+
+
+def test_base_model_stands_in_for_a_missing_champion(items, settings, servers) -> None:
+    """First candidate: compared with the base model, but promotion stays compare-and-set on "no champion"."""
+    good, base = servers("good", right_answers(items)), servers("wrong")
+    rep = run_gate(None, items, settings, "m/1", champion=Champion("base:tiny:abc", url=base.url, is_base=True),
+                   candidate_url=good.url, log=lambda m: None)
+    d = rep.decision
+    assert d.passed and d.champion_version is None and d.compared_with == "base:tiny:abc"
+    assert d.metrics["champion_new_accuracy"] == 0.0 and d.metrics["new_diff"] == 1.0
+    # a candidate worse than its base model on the new corpus is refused
+    rep2 = run_gate(None, items, settings, "m/2", champion=Champion("base:other:def", url=good.url, is_base=True),
+                    candidate_url=base.url, log=lambda m: None)
+    assert not rep2.decision.passed and "paired difference" in rep2.decision.reason
+
+
+def test_general_ability_lost_against_the_base_is_refused(settings) -> None:
+    base = results({"new": [False] * 20, "general": [True] * 15 + [False] * 5})
+    forgot = results({"new": [True] * 20, "general": [True] * 1 + [False] * 19})
+    d = decide(forgot, base, settings, None, compared_with="base:m")
+    assert not d.passed and "general accuracy dropped" in d.reason and d.compared_with == "base:m"
