@@ -85,6 +85,7 @@ def summarize_demo(skill: dict, watched: dict, timings: dict, model_name: str,
     if latest is not None and latest.run_id:
         m = reg.client.get_run(latest.run_id).data.metrics
         lines.append(f"gate of v{latest.version}: {latest.tags.get('gate', '?')} - {latest.tags.get('gate_reason', '')}")
+        lines.append(f"  compared with: {latest.tags.get('compared_with', 'none')} (champion_* below = its scores)")
         lines += [f"  {k:<36} {m[k]:.3f}" for k in sorted(m)
                   if k.startswith(("candidate_", "champion_", "new_diff")) and k.endswith(("_accuracy", "_f1", "_lower",
                                                                                            "_upper", "diff"))]
