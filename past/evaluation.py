@@ -476,7 +476,6 @@ def run_gate(candidate_dir: str | Path | None, items: list[EvalItem], settings, 
     if cand is None or why:
         return GateReport(GateDecision.failed(why or "no candidate results", cv, h), cand or [], None, items, timings)
 
-
     champ = None
     if champion is not None:
         champ = load_champion_cache(settings, champion.version, h)

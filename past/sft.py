@@ -102,6 +102,8 @@ class SFTRecipe:
             raise SFTError(f"recipe chunk_overlap {self.chunk_overlap} must be ≥ 0")
         if self.split_by not in ("document", "question"):
             raise SFTError(f"recipe split_by {self.split_by!r}: expected `document` or `question`")
+        if self.batch_size < 1 or self.batch_size_memorize < 1:
+            raise SFTError("recipe batch_size and batch_size_memorize must be ≥ 1")
         for name in ("min_steps_memorize", "min_steps_qa", "check_train_qa", "replay_examples"):
             if getattr(self, name) < 0:
                 raise SFTError(f"recipe {name} must be ≥ 0")

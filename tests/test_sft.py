@@ -199,3 +199,18 @@ def test_a_stage_logs_progress_and_checkpoints_by_time(tiny_model_dir: Path, tmp
     assert ckpts == ["checkpoint-1", "checkpoint-2", "checkpoint-3", "checkpoint-4"], ckpts
     # checkpoint cadence does not change what is trained: it is not part of the recipe's key
     assert SFTRecipe(save_every_s=0, save_steps=7).key() == SFTRecipe().key()
+
+
+def test_stage1_key_ignores_stage2_fields() -> None:
+    """Changing how stage 2 trains (lr, steps, rehearsal, split) reuses stage 1; a stage-1 field does not."""
+    from past.sft import SFTRecipe
+
+    r = SFTRecipe()
+    for change in ({"lr_qa": 1e-3}, {"min_steps_qa": 7}, {"replay_examples": 0}, {"split_by": "question"},
+                   {"batch_size": 2}):
+        assert SFTRecipe(**change).memorize_key() == r.memorize_key(), change
+        assert SFTRecipe(**change).key() != r.key(), change
+    for change in ({"lr_memorize": 1e-3}, {"batch_size_memorize": 4}, {"epochs_memorize": 9}, {"max_length": 256}):
+        assert SFTRecipe(**change).memorize_key() != r.memorize_key(), change
+    with pytest.raises(Exception, match="batch_size"):
+        SFTRecipe(batch_size_memorize=0)
