@@ -66,7 +66,8 @@ class Settings:
                                      "general ability within the tolerance. False = no comparison at all.")
     gate_concurrency: int = _f(8, "Concurrent requests the gate sends to the endpoint.")
     gate_request_timeout_s: float = _f(60.0, "Timeout of one gate request.")
-    gate_max_tokens: int = _f(64, "Max new tokens per gate answer.")
+    gate_max_tokens: int = _f(64, "Max new tokens per gate answer (per turn of a tool episode).")
+    gate_tool_max_turns: int = _f(3, "Model turns a tool corpus's gate episode may take (calls, then Finish).")
     gate_retention_items: int = _f(24, "Held-out questions sampled (seeded) from earlier promoted corpora to check "
                                    "the candidate still knows them.")
     gate_min_new_items: int = _f(20, "Fewest held-out new-corpus questions the gate decides on; with fewer it refuses "
@@ -251,7 +252,7 @@ def _validate(s: Settings) -> None:
         v = getattr(s, name)
         if not 0.0 <= v <= 1.0:
             raise ConfigError(f"setting {name!r}: {v} is outside [0, 1]")
-    for name in ("gate_concurrency", "adapt_max_attempts", "grpo_rounds", "grpo_max_steps", "grpo_num_generations",
-                 "grpo_max_completion_length", "serve_max_model_len", "sft_batch_size_memorize"):
+    for name in ("gate_concurrency", "gate_tool_max_turns", "adapt_max_attempts", "grpo_rounds", "grpo_max_steps",
+                 "grpo_num_generations", "grpo_max_completion_length", "serve_max_model_len", "sft_batch_size_memorize"):
         if getattr(s, name) < 1:
             raise ConfigError(f"setting {name!r} must be ≥ 1")

@@ -432,11 +432,12 @@ def write_meta(root: Path, source: str, name: str | None = None, arrived: float 
         return meta
     meta = {"name": name or root.name, "arrived": arrived if arrived is not None else time.time(),
             "source": source, "corpus_id": corpus_hash(root)}
-    _atomic_write(root / META_FILE, json.dumps(meta, indent=2) + "\n")
+    atomic_write(root / META_FILE, json.dumps(meta, indent=2) + "\n")
     return meta
 
 
-def _atomic_write(path: Path, text: str) -> None:
+def atomic_write(path: Path, text: str) -> None:
+    """Write `text` to `path` so a reader sees the old file or the new one, never half of it."""
     tmp = path.parent / f".tmp-{path.name}-{os.getpid()}-{time.monotonic_ns()}"
     tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)
@@ -530,11 +531,11 @@ def write_splits(corpus: Corpus, out_dir: Path, qa: list[QAPair] | None = None, 
     out_dir.mkdir(parents=True, exist_ok=True)
     train, held = split_qa(corpus.qa if qa is None else qa, eval_fraction, seed, by)
     for name, rows in (("train.jsonl", train), ("eval.jsonl", held)):
-        _atomic_write(out_dir / name, "".join(json.dumps(split_record(p, corpus.id), ensure_ascii=False) + "\n"
+        atomic_write(out_dir / name, "".join(json.dumps(split_record(p, corpus.id), ensure_ascii=False) + "\n"
                                               for p in rows))
     summary = {"corpus_id": corpus.id, "seed": seed, "eval_fraction": eval_fraction, "by": by, "train": len(train),
                "eval": len(held), "eval_doc_ids": sorted({p.doc_id for p in held if p.doc_id is not None})}
-    _atomic_write(out_dir / "split.json", json.dumps(summary, indent=2) + "\n")
+    atomic_write(out_dir / "split.json", json.dumps(summary, indent=2) + "\n")
     return summary
 
 

@@ -11,6 +11,13 @@ decoding. Each answer gets exact match / token-F1 / contains, plus a yes/no judg
 endpoint is configured (past.judge: the same judge, prompt and verdict cache as the GRPO reward). An item is *correct* when the judge says yes or, without a judge, when token-F1 ≥ 0.6
 or the reference is contained in the answer (`past.scoring.is_correct`).
 
+A *tool item* (`tool` set: a held-out task of a tool corpus, past.tools) is an episode instead of one
+question: the request alone (closed-book), then up to `gate_tool_max_turns` model turns, each an
+`Action:` / `Action Input:` call answered by the corpus's sandboxed simulator, until `Action: Finish`. It is
+correct when it *passes* (a successful call of the task's tool, then Finish with the observed answer); its
+valid-call, first-call and finish flags are reported beside it, and the paired comparison with the
+champion is on pass, item by item, like any question.
+
 The gate fails CLOSED: a server that does not start, dies mid-eval, times out or answers garbage beyond
 `gate_max_error_rate` gives a failed decision with the reason - never a pass. Champion scores are cached per
 (champion version, eval-set hash), so an unchanged eval set does not re-serve the champion.
@@ -52,6 +59,7 @@ class EvalItem:
     doc_id: str = ""
     corpus_id: str = ""
     kind: str = "new"  # not in the file: set by the gate (new / retention / general)
+    tool: str = ""  # a tool corpus's task: the tool it needs (the item is then an episode, past.tools)
 
     @property
     def key(self) -> str:
@@ -78,11 +86,11 @@ def load_eval_items(path: str | Path, kind: str = "new") -> list[EvalItem]:
         for name in ("id", "question", "answer"):
             if not isinstance(obj.get(name), str) or not obj[name].strip():
                 raise EvalSetError(f"{path}:{n}: field {name!r} missing or not a non-empty string")
-        for name in ("doc_id", "corpus_id"):  # null = not given (the split writes doc_id null for such QA)
+        for name in ("doc_id", "corpus_id", "tool"):  # null = not given (the split writes doc_id null for such QA)
             if obj.get(name) is not None and not isinstance(obj[name], str):
                 raise EvalSetError(f"{path}:{n}: field {name!r} must be a string or null")
         item = EvalItem(obj["id"], obj["question"], obj["answer"], obj.get("doc_id") or "",
-                        obj.get("corpus_id") or "", kind)
+                        obj.get("corpus_id") or "", kind, obj.get("tool") or "")
         if item.key in seen:
             raise EvalSetError(f"{path}:{n}: duplicate id {item.id!r} in corpus {item.corpus_id!r}")
         seen.add(item.key)
@@ -119,13 +127,19 @@ def build_eval_set(new: Iterable[EvalItem], retention: Iterable[EvalItem] = (),
     return items
 
 
-def eval_set_hash(items: list[EvalItem], max_tokens: int, judge_model: str = "") -> str:
+def eval_set_hash(items: list[EvalItem], max_tokens: int, judge_model: str = "", tools: dict | None = None,
+                  max_turns: int = 0) -> str:
     """Everything that determines a model's scores on this set, except the model itself."""
+    from past.tools import spec_hash
+
     payload = {
         "prompt_version": PROMPT_VERSION, "max_tokens": max_tokens, "judge": judge_model, "scoring": SCORING_RULE,
         "judge_prompt": hashlib.sha256(JUDGE_PROMPT.encode()).hexdigest()[:16] if judge_model else "",
-        "items": [[i.kind, i.corpus_id, i.id, i.question, i.answer] for i in items],
+        "items": [[i.kind, i.corpus_id, i.id, i.question, i.answer] + ([i.tool] if i.tool else []) for i in items],
     }
+    if any(i.tool for i in items):  # episodes: the simulators and the turn limit decide the scores too
+        payload |= {"tools": {cid: spec_hash(spec) for cid, spec in sorted((tools or {}).items())},
+                    "max_turns": max_turns}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 
@@ -145,6 +159,7 @@ class ItemResult:
     correct: bool = False
     latency_s: float = 0.0
     attempts: int = 0
+    episode: dict | None = None  # tool items: past.tools.episode_metrics + the steps taken
 
 
 # --- asking an endpoint ---------------------------------------------------------------------------------
@@ -155,17 +170,14 @@ def _retriable(e: BaseException) -> bool:
                           openai.RateLimitError))
 
 
-async def _ask_one(client, model: str, item: EvalItem, settings, retries: int, backoff_s: float,
-                   judge: Judge | None) -> ItemResult:
-    res = ItemResult(item.key, item.kind, item.question, item.answer, answer=None)
-    t0 = time.perf_counter()
+async def _chat(client, model: str, messages: list[dict], settings, retries: int, backoff_s: float,
+                res: ItemResult) -> str | None:
+    """One greedy chat turn with retries on transient errors; None (and `res.error`) when it failed."""
     for attempt in range(retries + 1):
-        res.attempts = attempt + 1
+        res.attempts += 1
         try:
-            r = await client.chat.completions.create(
-                model=model, messages=[{"role": "user", "content": item.question}],
-                max_tokens=settings.gate_max_tokens, temperature=0.0,
-            )
+            r = await client.chat.completions.create(model=model, messages=messages,
+                                                     max_tokens=settings.gate_max_tokens, temperature=0.0)
             try:
                 text = r.choices[0].message.content
             except (AttributeError, IndexError, TypeError, KeyError):
@@ -175,13 +187,53 @@ async def _ask_one(client, model: str, item: EvalItem, settings, retries: int, b
             elif not text.strip():
                 res.error = "empty answer"
             else:
-                res.answer, res.error = text.strip(), None
-            break  # greedy decoding: a well-formed but bad answer would come back the same
+                res.error = None
+                return text.strip()
+            return None  # greedy decoding: a well-formed but bad answer would come back the same
         except Exception as e:  # noqa: BLE001 - every failure becomes a recorded, counted item error
             res.error = f"{type(e).__name__}: {str(e)[:200]}"
             if not _retriable(e) or attempt == retries:
-                break
+                return None
             await asyncio.sleep(backoff_s * 2**attempt)
+    return None
+
+
+async def _episode(client, model: str, item: EvalItem, sim, settings, retries: int, backoff_s: float,
+                   res: ItemResult) -> None:
+    """A tool item: the closed-book episode against the corpus's simulator (past.tools.advance)."""
+    from past.tools import Episode, ToolTask, advance, episode_metrics
+
+    messages, ep = [{"role": "user", "content": item.question}], Episode()
+    last = None
+    for _ in range(settings.gate_tool_max_turns):
+        text = await _chat(client, model, messages, settings, retries, backoff_s, res)
+        if text is None:
+            return  # a failed request is an item error, not a failed episode
+        last = text
+        if not advance(ep, messages, text, sim):
+            break
+    task = ToolTask(id=item.id, request=item.question, tool=item.tool, arguments={}, answer=item.answer)
+    res.answer = ep.answer if ep.answer is not None else last
+    res.episode = episode_metrics(ep, task) | ep.to_json()
+    res.correct = bool(res.episode["pass"])
+
+
+async def _ask_one(client, model: str, item: EvalItem, settings, retries: int, backoff_s: float,
+                   judge: Judge | None, sim=None) -> ItemResult:
+    res = ItemResult(item.key, item.kind, item.question, item.answer, answer=None)
+    t0 = time.perf_counter()
+    if item.tool:
+        if sim is None:
+            res.error = f"no tool spec for corpus {item.corpus_id!r}: cannot run its episode"
+        else:
+            await _episode(client, model, item, sim, settings, retries, backoff_s, res)
+        res.latency_s = time.perf_counter() - t0
+        if res.answer is not None:  # the Finish answer's overlap with the observed value, for the table
+            for name, v in score_all(res.answer, item.answer).items():
+                setattr(res, name, v)
+        return res
+    res.answer = await _chat(client, model, [{"role": "user", "content": item.question}], settings, retries,
+                             backoff_s, res)
     res.latency_s = time.perf_counter() - t0
     if res.answer is not None:
         for name, v in score_all(res.answer, item.answer).items():
@@ -201,14 +253,19 @@ def allowed_errors(n: int, max_error_rate: float) -> int:
 
 
 async def answer_all_async(endpoint, items: list[EvalItem], settings, judge: Judge | None = None,
-                           retries: int = 2, backoff_s: float = 0.5, progress: bool = True) -> list[ItemResult]:
-    """Ask every item with at most `gate_concurrency` requests in flight.
+                           retries: int = 2, backoff_s: float = 0.5, progress: bool = True,
+                           tools: dict | None = None) -> list[ItemResult]:
+    """Ask every item with at most `gate_concurrency` requests (or episodes) in flight. `tools` maps a
+    corpus id to its ToolSpec: the simulator of that corpus's tool items.
 
     Stops early (remaining items recorded as aborted) once more requests failed than the gate could accept
     anyway: a dead or broken server then costs seconds, not the whole eval."""
     from openai import AsyncOpenAI
     from tqdm.auto import tqdm
 
+    from past.tools import Simulator
+
+    sims = {cid: Simulator(spec) for cid, spec in (tools or {}).items()}
     client = AsyncOpenAI(base_url=endpoint.base_url, api_key=endpoint.api_key,
                          timeout=settings.gate_request_timeout_s, max_retries=0)
     sem = asyncio.Semaphore(settings.gate_concurrency)
@@ -221,7 +278,8 @@ async def answer_all_async(endpoint, items: list[EvalItem], settings, judge: Jud
             if state["errors"] > budget:
                 return ItemResult(item.key, item.kind, item.question, item.answer, None,
                                   error="aborted: too many failed requests before this one")
-            res = await _ask_one(client, endpoint.model, item, settings, retries, backoff_s, judge)
+            res = await _ask_one(client, endpoint.model, item, settings, retries, backoff_s, judge,
+                                 sims.get(item.corpus_id))
             state["errors"] += res.error is not None
             bar.update()
             return res
@@ -234,6 +292,7 @@ async def answer_all_async(endpoint, items: list[EvalItem], settings, judge: Jud
 
 
 def answer_all(endpoint, items: list[EvalItem], settings, judge: Judge | None = None, **kw) -> list[ItemResult]:
+    """answer_all_async, run to completion (keywords as there: retries, backoff_s, progress, tools)."""
     return asyncio.run(answer_all_async(endpoint, items, settings, judge, **kw))
 
 
@@ -268,6 +327,11 @@ def summarize(results: list[ItemResult], prefix: str) -> dict[str, float]:
             out[f"{prefix}_{kind}_accuracy"] = sum(r.correct for r in rs) / len(rs)
             out[f"{prefix}_{kind}_f1"] = sum(r.token_f1 for r in rs) / len(rs)
             out[f"{prefix}_{kind}_em"] = sum(r.exact_match for r in rs) / len(rs)
+        eps = [r.episode for r in rs if r.episode is not None]
+        if eps:  # tool items: pass is `correct`; how far the episodes got, beside it
+            for name in ("pass", "valid_call", "first_call_correct", "finish"):
+                out[f"{prefix}_{kind}_tool_{name}_rate"] = sum(e[name] for e in eps) / len(eps)
+            out[f"{prefix}_{kind}_tool_items"] = float(len(eps))
     return out
 
 
@@ -377,6 +441,8 @@ class GateReport:
                 row |= {f"{who}_answer": r.answer, f"{who}_error": r.error, f"{who}_em": r.exact_match,
                         f"{who}_f1": r.token_f1, f"{who}_contains": r.contains, f"{who}_judge": r.judge,
                         f"{who}_correct": r.correct}
+                if r.episode is not None:
+                    row |= {f"{who}_{k}": r.episode[k] for k in ("valid_call", "first_call_correct", "finish")}
             rows.append(row)
         return rows
 
@@ -436,7 +502,7 @@ def save_champion_cache(settings, champion_version: str, eval_hash: str, results
 
 
 def _serve_and_answer(model_dir, served_name: str, url: str, items, settings, judge, who: str,
-                      timings: dict) -> tuple[list[ItemResult] | None, str | None]:
+                      timings: dict, tools: dict | None = None) -> tuple[list[ItemResult] | None, str | None]:
     """Serve (or connect), answer every item, stop. Returns (results or None, fail-closed reason or None)."""
     from past.serving import ServingError, VLLMServer, serve_or_connect
 
@@ -446,7 +512,7 @@ def _serve_and_answer(model_dir, served_name: str, url: str, items, settings, ju
         with server as ep:  # the managed server is stopped on every way out of this block
             timings[f"{who}_start_s"] = time.perf_counter() - t0
             t1 = time.perf_counter()
-            results = answer_all(ep, items, settings, judge)
+            results = answer_all(ep, items, settings, judge, tools=tools)
             timings[f"{who}_eval_s"] = time.perf_counter() - t1
             timings[f"{who}_questions_per_s"] = len(items) / max(timings[f"{who}_eval_s"], 1e-9)
             if isinstance(server, VLLMServer) and not server.alive():
@@ -458,21 +524,23 @@ def _serve_and_answer(model_dir, served_name: str, url: str, items, settings, ju
 
 def run_gate(candidate_dir: str | Path | None, items: list[EvalItem], settings, served_name: str,
              champion: Champion | None = None, candidate_url: str = "", log: Callable[[str], None] = print,
-             training_check: dict | None = None) -> GateReport:
-    """Evaluate the candidate (and the champion, unless cached) on `items` and decide.
+             training_check: dict | None = None, tools: dict | None = None) -> GateReport:
+    """Evaluate the candidate (and the champion, unless cached) on `items` and decide. `tools`: corpus id →
+    ToolSpec for the eval set's tool items (a tool item without its corpus's spec is an error, fail closed).
 
     Never raises for a bad candidate or server: every such failure is a failed decision with its reason."""
     if not items:
         raise EvalSetError("empty eval set")
     judge = judge_from_settings(settings)
-    h = eval_set_hash(items, settings.gate_max_tokens, settings.judge_model if judge else "")
+    h = eval_set_hash(items, settings.gate_max_tokens, settings.judge_model if judge else "", tools,
+                      settings.gate_tool_max_turns)
     cv = champion.version if champion and not champion.is_base else None
     who = champion.version if champion else ""
     timings: dict[str, float] = {}
 
     log(f"gate: serving candidate {served_name} on {len(items)} items")
     cand, why = _serve_and_answer(candidate_dir, served_name, candidate_url or settings.serve_url, items,
-                                  settings, judge, "candidate", timings)
+                                  settings, judge, "candidate", timings, tools)
     if cand is None or why:
         return GateReport(GateDecision.failed(why or "no candidate results", cv, h), cand or [], None, items, timings)
 
@@ -487,7 +555,7 @@ def run_gate(candidate_dir: str | Path | None, items: list[EvalItem], settings, 
             # starts a local vLLM behind the back of a deployment that said where its models are served.
             champ, why = _serve_and_answer(champion.model_dir, champion.served_name or champion.version,
                                            champion.url or settings.serve_url, items, settings, judge, "champion",
-                                           timings)
+                                           timings, tools)
             if champ is None or why:
                 return GateReport(GateDecision.failed(why or "no champion results", cv, h), cand, champ, items,
                                   timings)

@@ -44,6 +44,10 @@ class GRPORecipe:
     max_completion_length: int = _f(16, "Max new tokens per completion (short answers; keeps CPU steps cheap).")
     rewards: tuple[str, ...] = _f(("token_f1", "exact_match", "format"), "Rule rewards used (see past.rewards).")
     reward_weights: tuple[float, ...] = _f((1.0, 0.5, 0.2), "Weights of `rewards` (then the judge, weight 1).")
+    lr_scheduler_type: str = _f("linear", "Learning-rate schedule (TRL/transformers names). 'linear' decays to 0, "
+                                "so a short run's last steps barely learn; 'constant' keeps the rate.")
+    grad_accum: int = _f(1, "Split each step's batch into this many backward passes: the same generations and "
+                         "one update, but on CPU 32 completions in one pass cost 2.4x 16 (docs/BENCHMARKS.md).")
     save_steps: int = _f(10, "Checkpoint every N steps (resume point after a crash).")
     seed: int = _f(0, "Sampling/shuffle seed.")
     use_vllm: bool | None = _f(None, "Generate with vLLM (TRL colocate). None = only when CUDA and vllm exist.")
@@ -114,11 +118,13 @@ def train_grpo(
     judge: Callable | None = None,
     extra_rewards: list[Callable] | None = None,
     callbacks: list | None = None,
+    rollout_func: Callable | None = None,
 ) -> GRPOResult:
     """GRPO from `init_model_dir` on `qa` (dicts with question/answer) -> model folder at `out_dir`.
 
     `judge` (e.g. past.rewards.JudgeReward) and `extra_rewards` (TRL-convention callables) are added to the
-    recipe's rule rewards with weight 1.
+    recipe's rule rewards with weight 1. `rollout_func` replaces TRL's one-turn sampling (e.g.
+    past.tool_rollout.ToolRollout: whole tool episodes, rewarded by the `episode*` rule rewards).
     """
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
@@ -136,14 +142,24 @@ def train_grpo(
     bad = [i for i, q in enumerate(qa) if not str(q.get("question", "")).strip() or not str(q.get("answer", "")).strip()]
     if bad:
         raise GRPOError(f"QA items {bad[:5]} have an empty question or answer")
+    batch = recipe.prompts_per_step * recipe.num_generations
     if recipe.num_generations < 2 or recipe.prompts_per_step < 1 or recipe.max_steps < 1 \
-            or recipe.max_completion_length < 1:
+            or recipe.max_completion_length < 1 or recipe.grad_accum < 1 or batch % recipe.grad_accum:
         raise GRPOError(f"bad GRPO shape: num_generations {recipe.num_generations} (≥ 2: GRPO compares a group), "
                         f"prompts_per_step {recipe.prompts_per_step}, max_steps {recipe.max_steps}, "
-                        f"max_completion_length {recipe.max_completion_length} (each ≥ 1)")
+                        f"max_completion_length {recipe.max_completion_length}, grad_accum {recipe.grad_accum} "
+                        f"(each ≥ 1; grad_accum must divide prompts_per_step × num_generations = {batch})")
+    from transformers.trainer_utils import SchedulerType
+
+    if recipe.lr_scheduler_type not in {t.value for t in SchedulerType}:
+        raise GRPOError(f"unknown lr_scheduler_type {recipe.lr_scheduler_type!r} "
+                        f"(known: {sorted(t.value for t in SchedulerType)})")
     unknown = [r for r in recipe.rewards if r not in RULE_REWARDS]
     if unknown or len(recipe.reward_weights) != len(recipe.rewards):
         raise GRPOError(f"bad rewards {recipe.rewards} / weights {recipe.reward_weights} (known: {list(RULE_REWARDS)})")
+    episodic = [r for r in recipe.rewards if r.startswith("episode")]
+    if episodic and rollout_func is None:
+        raise GRPOError(f"rewards {episodic} score whole tool episodes: pass a rollout_func (past.tool_rollout)")
     work = Path(work_dir) if work_dir else out_dir.parent / f".grpo-work-{out_dir.name}"
     work.mkdir(parents=True, exist_ok=True)
 
@@ -158,10 +174,12 @@ def train_grpo(
     config = GRPOConfig(
         output_dir=str(work),
         num_generations=recipe.num_generations,
-        per_device_train_batch_size=recipe.prompts_per_step * recipe.num_generations,
-        gradient_accumulation_steps=1,
+        # one generation batch of prompts_per_step × G per optimizer step, back-propagated in grad_accum slices
+        per_device_train_batch_size=batch // recipe.grad_accum,
+        gradient_accumulation_steps=recipe.grad_accum,
         max_steps=recipe.max_steps,
         learning_rate=recipe.learning_rate,
+        lr_scheduler_type=recipe.lr_scheduler_type,
         beta=recipe.beta,
         epsilon=recipe.epsilon,
         temperature=recipe.temperature,
@@ -183,7 +201,7 @@ def train_grpo(
     tok = AutoTokenizer.from_pretrained(init_model_dir)
     model = AutoModelForCausalLM.from_pretrained(init_model_dir, dtype=torch.float32)
     trainer = GRPOTrainer(model=model, reward_funcs=reward_funcs, args=config, train_dataset=_dataset(qa),
-                          processing_class=tok, callbacks=callbacks or [])
+                          processing_class=tok, callbacks=callbacks or [], rollout_func=rollout_func)
 
     ckpt = _last_checkpoint(work)
     resumed = int(ckpt.name.split("-")[-1]) if ckpt else 0

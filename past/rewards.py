@@ -175,5 +175,27 @@ def judge_reward_from_settings(settings, **kw) -> JudgeReward | None:
     return None if judge is None else JudgeReward(judge.base_url, judge.model, judge=judge, **kw)
 
 
+def _episodes(episode: list[dict] | None) -> list[dict]:
+    if episode is None:
+        raise ValueError("episode rewards need the tool rollout (past.tool_rollout.ToolRollout) as rollout_func")
+    return episode
+
+
+def episode_reward(completions: list, episode: list[dict] | None = None, **_: Any) -> list[float]:
+    """A tool episode's shaped reward (past.tools.episode_reward: format, error-free calls, Finish, pass)."""
+    return [float(e["reward"]) for e in _episodes(episode)]
+
+
+def episode_pass_reward(completions: list, episode: list[dict] | None = None, **_: Any) -> list[float]:
+    """1 when the episode passed: weight 0 in a recipe logs the pass rate per step."""
+    return [float(e["pass"]) for e in _episodes(episode)]
+
+
+def episode_finish_reward(completions: list, episode: list[dict] | None = None, **_: Any) -> list[float]:
+    """1 when the episode called Finish: weight 0 logs the finish rate per step."""
+    return [float(e["finish"]) for e in _episodes(episode)]
+
+
 RULE_REWARDS = {"exact_match": exact_match_reward, "token_f1": token_f1_reward, "format": format_reward,
-                "envelope": envelope_reward, "envelope_f1": envelope_f1_reward}
+                "envelope": envelope_reward, "envelope_f1": envelope_f1_reward, "episode": episode_reward,
+                "episode_pass": episode_pass_reward, "episode_finish": episode_finish_reward}

@@ -359,10 +359,19 @@ def run_key(corpus: Corpus, base_model: Path, recipe: SFTRecipe, qa: list[QAPair
                 impl=implications or {})
 
 
+def tool_qa(corpus: Corpus) -> list[QAPair]:
+    """A tool corpus's tasks as stage-2 pairs: the request and its *first call* only (the authors' stage 2);
+    reading the observation and finishing is what GRPO, or the grafted skill vector, must add."""
+    from past.tools import first_call_text
+
+    return [QAPair(id=t.id, question=t.request, answer=first_call_text(t)) for t in corpus.tool_tasks]
+
+
 def _corpus_qa(corpus: Corpus, qa: list[QAPair] | None, where: Path) -> list[QAPair]:
-    """The corpus's own QA plus any extra (e.g. teacher-generated) pairs, each id once."""
-    ids = {p.id for p in corpus.qa}
-    qa = list(corpus.qa) + [p for p in qa or [] if p.id not in ids]
+    """The corpus's own QA and tool tasks plus any extra (e.g. teacher-generated) pairs, each id once."""
+    own = list(corpus.qa) + tool_qa(corpus)
+    ids = {p.id for p in own}
+    qa = own + [p for p in qa or [] if p.id not in ids]
     if not qa:
         raise SFTError(f"{where}: no QA pairs; add qa.jsonl or run `past corpus generate-qa`")
     return qa

@@ -27,6 +27,7 @@ executed. Unknown tools, bad arguments and unmatched calls are observations with
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from dataclasses import dataclass, field
@@ -136,7 +137,7 @@ def parse_tool_spec(text: str, where: str = TOOLS_FILE) -> tuple[ToolSpec | None
 def parse_tool_tasks(rows: list[tuple[str, dict]], spec: ToolSpec | None) -> tuple[list[ToolTask], list[tuple[str, str]]]:
     """tool_tasks.jsonl records (where, object) -> tasks; each must name a spec tool, call it validly, and
     have its answer inside that call's simulated observation (else the task could never pass)."""
-    tasks, problems = [], []
+    tasks, problems, seen = [], [], {}
     sim = Simulator(spec) if spec is not None else None
     for where, obj in rows:
         try:
@@ -144,6 +145,11 @@ def parse_tool_tasks(rows: list[tuple[str, dict]], spec: ToolSpec | None) -> tup
         except ValidationError as e:
             problems += _errors(e, f"{where}:")
             continue
+        t.id = t.id or task_id(t)
+        if t.id in seen:
+            problems.append((where, f"tool task id {t.id!r} also at {seen[t.id]}"))
+            continue
+        seen[t.id] = where
         if sim is None:
             problems.append((where, f"tool tasks need a {TOOLS_FILE} beside them"))
             continue
@@ -155,6 +161,16 @@ def parse_tool_tasks(rows: list[tuple[str, dict]], spec: ToolSpec | None) -> tup
         else:
             tasks.append(t)
     return tasks, problems
+
+
+def task_id(t: ToolTask) -> str:
+    """Stable id of a task without one: the same request and call always map to the same id."""
+    key = json.dumps([t.request.strip(), t.tool, t.arguments, t.answer.strip()], sort_keys=True, ensure_ascii=False)
+    return "tool-" + hashlib.sha256(key.encode("utf-8")).hexdigest()[:12]
+
+
+def spec_hash(spec: ToolSpec) -> str:
+    return hashlib.sha256(spec.model_dump_json().encode("utf-8")).hexdigest()
 
 
 # --- the simulator ------------------------------------------------------------------------------------------
@@ -232,23 +248,30 @@ def observation_message(obs: dict[str, Any]) -> str:
     return "Observation: " + json.dumps(obs, ensure_ascii=False)
 
 
+def advance(ep: Episode, messages: list[dict], text: str, sim: Simulator) -> bool:
+    """Apply one model turn `text` to the episode: parse it, call the simulator, append the turn and its
+    observation to `messages`. Returns whether the episode goes on (False at Finish or an unparseable turn)."""
+    step = parse_action(text)
+    ep.steps.append(step)
+    if step.name is None or step.arguments is None:
+        return False
+    if step.name == FINISH:
+        ans = step.arguments.get("answer")
+        ep.answer = str(ans) if ans is not None else ""
+        return False
+    step.observation = sim.call(step.name, step.arguments)
+    step.error = step.observation.get("error")
+    messages += [{"role": "assistant", "content": text}, {"role": "user", "content": observation_message(step.observation)}]
+    return True
+
+
 def run_episode(request: str, reply: Callable[[list[dict]], str], sim: Simulator, max_turns: int = 3) -> Episode:
     """Closed-book episode: the user's request only (no API list); each model turn is one action; observations
     come back as user turns. Ends at Finish, at a turn that does not parse, or after `max_turns` turns."""
     messages, ep = [{"role": "user", "content": request}], Episode()
     for _ in range(max_turns):
-        text = reply(messages)
-        step = parse_action(text)
-        ep.steps.append(step)
-        if step.name is None or step.arguments is None:
+        if not advance(ep, messages, reply(messages), sim):
             break
-        if step.name == FINISH:
-            ans = step.arguments.get("answer")
-            ep.answer = str(ans) if ans is not None else ""
-            break
-        step.observation = sim.call(step.name, step.arguments)
-        step.error = step.observation.get("error")
-        messages += [{"role": "assistant", "content": text}, {"role": "user", "content": observation_message(step.observation)}]
     return ep
 
 
@@ -293,6 +316,14 @@ def first_call_text(task: ToolTask) -> str:
     """The reply stage-2 SFT teaches for a request: its first call only (the authors' stage 2), never the rest
     of the episode - finishing is what GRPO (or the grafted skill vector) must add."""
     return f"Action: {task.tool}\nAction Input: {json.dumps(task.arguments, ensure_ascii=False)}"
+
+
+def gate_rows(tasks: list[ToolTask], split_rows: list[dict]) -> list[dict]:
+    """Held-out split rows as gate items: a tool task's row (trained as request → first call) becomes its
+    episode: the request, the observed answer it must finish with, and the tool it needs."""
+    by_id = {t.id: t for t in tasks}
+    return [row | {"question": t.request, "answer": t.answer, "tool": t.tool} if (t := by_id.get(row["id"])) else row
+            for row in split_rows]
 
 
 def tool_gate_metrics(episodes: list[Episode], tasks: list[ToolTask], confidence: float = 0.95) -> dict[str, float]:

@@ -18,6 +18,23 @@ def evalset_path(home: Path, corpus_id: str) -> Path:
     return Path(home) / "evalsets" / f"{corpus_id}.jsonl"
 
 
+def tool_spec_path(home: Path, corpus_id: str) -> Path:
+    """A tool corpus's spec beside its held-out split: the simulator its gate episodes run against."""
+    return Path(home) / "evalsets" / f"{corpus_id}.tools.json"
+
+
+def tool_specs(home: Path, items: list) -> dict:
+    """corpus id → ToolSpec for every corpus whose tool items are in `items` (missing specs stay missing: the
+    gate then records those items as errors and fails closed)."""
+    from past.tools import ToolSpec
+
+    out = {}
+    for cid in sorted({i.corpus_id for i in items if i.tool}):
+        if (p := tool_spec_path(home, cid)).is_file():
+            out[cid] = ToolSpec.model_validate_json(p.read_text())
+    return out
+
+
 def retention_items(home: Path, model_name: str, exclude: str, n: int, seed: int) -> list:
     """A seeded sample of held-out questions from corpora this model was already promoted on."""
     pool = []
@@ -52,7 +69,7 @@ def serve_and_gate(candidate: dict, corpus_id: str, model_name: str, served_name
     if champion is None and s.gate_base_as_champion and not s.serve_url:  # an external endpoint serves no base
         champion = base_as_champion(s)
     report = run_gate(require(candidate), items, s, served_name=served_name, champion=champion,
-                      training_check=training_check)
+                      training_check=training_check, tools=tool_specs(s.home, items))
     path = report.write(out_dir)
     d = report.decision
     return {"report": str(path), "passed": d.passed, "reason": d.reason, "metrics": d.metrics,

@@ -10,14 +10,15 @@ from pathlib import Path
 from prefect import task
 
 from past.grpo import GRPORecipe
-from past.corpus import load_corpus, read_qa_jsonl
+from past.corpus import atomic_write, load_corpus, read_qa_jsonl
 from past.evaluation import select_new_items
 from past.models import resolve_model
 from past.qa import read_implications
 from past.rewards import judge_reward_from_settings
 from past.sft import SFTRecipe, run_memorize, run_qa
+from past.tools import gate_rows
 from tasks.common import ACCELERATOR_TAG, CACHED, artifact, require, retry_transient, settings
-from tasks.gate import evalset_path
+from tasks.gate import evalset_path, tool_spec_path
 
 
 def sft_recipe() -> SFTRecipe:
@@ -46,14 +47,14 @@ def sft_qa(corpus: dict, stage1: dict, base: dict, work_dir: str, out_dir: str, 
     recipe = sft_recipe()
     extra = read_qa_jsonl(Path(teacher["path"]) / "qa.jsonl") if teacher and teacher.get("generated") else None
     r = run_qa(Path(corpus["path"]), require(stage1), require(base), recipe, Path(work_dir), Path(out_dir), qa=extra)
-    rows = [json.loads(line) for line in Path(r["eval_split"]).read_text().splitlines() if line.strip()]
-    human = {p.id for p in load_corpus(Path(corpus["path"])).qa}
-    rows, source = select_new_items(rows, human, s.gate_min_new_items)
+    c = load_corpus(Path(corpus["path"]))
+    rows = gate_rows(c.tool_tasks, [json.loads(line) for line in Path(r["eval_split"]).read_text().splitlines() if line.strip()])
+    rows, source = select_new_items(rows, {p.id for p in c.qa} | {t.id for t in c.tool_tasks}, s.gate_min_new_items)
     keep = evalset_path(s.home, corpus["corpus_id"])
     keep.parent.mkdir(parents=True, exist_ok=True)
-    tmp = keep.with_suffix(".tmp")
-    tmp.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
-    tmp.replace(keep)
+    if c.tools is not None:  # the gate's simulator for this corpus's episodes, now and in later retention checks
+        atomic_write(tool_spec_path(s.home, corpus["corpus_id"]), c.tools.model_dump_json(indent=1))
+    atomic_write(keep, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
     flat = {f"sft_{stage}_{k}": v for stage in ("memorize", "qa") for k, v in (r["metrics"].get(stage) or {}).items()
             if isinstance(v, (int, float)) and not isinstance(v, bool)}
     if r["metrics"].get("replay"):
@@ -84,7 +85,7 @@ def grpo_recipe() -> GRPORecipe:
 @task(cache_policy=CACHED, persist_result=True)
 def partition_source(corpus: dict, k: int, work_dir: str, rl_questions: dict | None = None) -> list[str]:
     """K disjoint partitions of the source corpus (and of its RL questions), by document (seeded)."""
-    from past.corpus import load_corpus, read_qa_jsonl
+    from past.corpus import atomic_write, load_corpus, read_qa_jsonl
     from past.refine import partition_corpus
 
     rl = read_qa_jsonl(Path(rl_questions["path"])) if rl_questions else None

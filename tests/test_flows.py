@@ -234,6 +234,27 @@ def test_every_valid_corpus_shape_reaches_a_gate_decision(harness, env, shape, m
         assert run.data.metrics["sft_memorize_texts_split"] >= 1
 
 
+def test_a_tool_corpus_is_adapted_on_first_calls_and_gated_on_episodes(harness, env, monkeypatch, tmp_path) -> None:
+    """API documentation + tools.json + tool_tasks.jsonl through `adapt`: stage 2 trains the first call, the
+    gate runs each held-out task as an episode against the corpus's simulator (scripted endpoint)."""
+    from flows.adapt import adapt
+    from tests.test_tools import GATE_SPEC, GATE_TASKS, agent, tool_corpus
+
+    monkeypatch.setenv("PAST_SFT_MIN_STEPS_QA", "1")
+    corpus = tool_corpus(tmp_path / "tools", GATE_SPEC, GATE_TASKS)
+    with FakeOpenAI(agent(finishes=True)) as fake:
+        monkeypatch.setenv("PAST_SERVE_URL", fake.url)
+        out = adapt(str(corpus), model_name="bot-tools")
+    g = out["gate"]
+    assert g["candidate_new_tool_items"] == g["new_items"] >= 1, g  # the corpus's own tasks are the new items
+    assert g["candidate_new_tool_pass_rate"] == 1.0 and g["candidate_new_tool_finish_rate"] == 1.0, g
+    assert any(p.startswith("Observation: {") for p in fake.prompts)
+    s = load_settings()
+    held = [json.loads(x) for p in (s.home / "evalsets").glob("*.jsonl") for x in p.read_text().splitlines()]
+    assert held and all(r["tool"] == "get_price" and r["answer"].endswith("credits") for r in held), held
+    assert list((s.home / "evalsets").glob("*.tools.json")), "the spec is kept for later retention episodes"
+
+
 def test_archive_in_the_inbox_reaches_a_gate_decision(harness, env, monkeypatch, tmp_path) -> None:
     import tarfile
 

@@ -45,6 +45,21 @@ def test_grpo_updates_weights_and_reports_curves(tiny_model_dir: Path, tmp_path:
     assert not (tmp_path / ".grpo-work-rl").exists(), "work folder removed once the model is published"
 
 
+def test_grad_accum_keeps_one_generation_batch_per_step(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """grad_accum slices the backward pass only: each optimizer step still scores prompts_per_step × G
+    completions in one call, and a constant schedule is accepted."""
+    seen: list[int] = []
+
+    def counting_reward(completions, **_):
+        seen.append(len(completions))
+        return length_reward(completions)
+
+    r = train_grpo(tiny_model_dir, QA, tmp_path / "rl", tiny_recipe(prompts_per_step=2, num_generations=2, grad_accum=2,
+                   lr_scheduler_type="constant"), extra_rewards=[counting_reward])
+    assert r.steps == 2 and len(r.reward_curve) == 2
+    assert seen == [4, 4], seen
+
+
 class Crash(TrainerCallback):
     def on_step_end(self, args, state, control, **kw):
         if state.global_step == 2:
@@ -70,6 +85,8 @@ def test_grpo_resumes_from_checkpoint_after_crash(tiny_model_dir: Path, tmp_path
         ([{"question": " ", "answer": "x"}], GRPORecipe(), "empty question"),
         (QA, GRPORecipe(rewards=("nope",), reward_weights=(1.0,)), "bad rewards"),
         (QA, GRPORecipe(rewards=("token_f1",), reward_weights=(1.0, 2.0)), "bad rewards"),
+        (QA, GRPORecipe(prompts_per_step=3, num_generations=2, grad_accum=4), "grad_accum must divide"),
+        (QA, GRPORecipe(lr_scheduler_type="cosine_wobble"), "unknown lr_scheduler_type"),
     ],
 )
 def test_bad_grpo_input(tiny_model_dir: Path, tmp_path: Path, qa, recipe, match) -> None:

@@ -51,6 +51,7 @@ def test_a_tool_corpus_loads_with_its_spec_and_tasks(tmp_path: Path) -> None:
     (SPEC, ({**TASK, "answer": "99 credits"},), "bad_tool_task", "not in the observation"),
     (SPEC, ({**TASK, "arguments": {"product": 7}},), "bad_tool_task", "must be string"),
     (SPEC, ({"request": "x"},), "bad_tool_task", "Field required"),
+    (SPEC, (TASK, TASK), "bad_tool_task", "also at tool_tasks.jsonl:1"),
 ])
 def test_bad_spec_or_task_is_a_clear_error(tmp_path: Path, spec, tasks, code, needle) -> None:
     root = tool_corpus(tmp_path / "c", spec, tasks)
@@ -135,3 +136,66 @@ def test_first_call_text_parses_back_and_gate_metrics_have_intervals() -> None:
     assert 0 < m["pass_lower"] < 0.5 < m["pass_upper"] < 1
     with pytest.raises(ValueError):
         tool_gate_metrics(eps, [task])
+
+
+# --- tool corpora through SFT's QA and the gate ----------------------------------------------------------------
+PRODUCTS = [f"Unit {chr(65 + i)}{i}" for i in range(12)]
+GATE_SPEC = {"tools": [{"name": "get_price", "description": "Price of a product.",
+                        "parameters": {"product": {"type": "string"}},
+                        "responses": [{"arguments": {"product": p}, "observation": {"price": f"{100 + i} credits"}}
+                                      for i, p in enumerate(PRODUCTS)]}]}
+GATE_TASKS = [{"request": f"How much is the {p}?", "tool": "get_price", "arguments": {"product": p},
+               "answer": f"{100 + i} credits"} for i, p in enumerate(PRODUCTS)]
+
+
+def agent(finishes: bool):
+    """A scripted endpoint: the right first call for a request; then Finish with the observed price (or
+    the same call again: what stage-2 SFT on first calls alone teaches)."""
+    calls = {t["request"]: f'Action: get_price\nAction Input: {json.dumps(t["arguments"])}' for t in GATE_TASKS}
+
+    def answer(last: str) -> str:
+        if last.startswith("Observation: ") and finishes:
+            price = json.loads(last.removeprefix("Observation: "))["price"]
+            return f'Action: Finish\nAction Input: {json.dumps({"answer": price})}'
+        return calls.get(last, calls[GATE_TASKS[0]["request"]])
+    return answer
+
+
+def test_sft_trains_a_tool_corpus_on_first_calls_and_the_gate_runs_episodes(tmp_path: Path) -> None:
+    from past.config import load_settings
+    from past.evaluation import Champion, EvalItem, build_eval_set, eval_set_hash, run_gate
+    from past.sft import _corpus_qa
+    from past.tools import first_call_text, gate_rows
+    from tests.fake_openai import FakeOpenAI
+
+    c = load_corpus(tool_corpus(tmp_path / "c", GATE_SPEC, GATE_TASKS))
+    qa = _corpus_qa(c, None, c.root)
+    assert [p.answer for p in qa] == [first_call_text(t) for t in c.tool_tasks]  # stage 2: the first call only
+    assert len({p.id for p in qa}) == 12 and all(p.id.startswith("tool-") for p in qa)
+
+    rows = gate_rows(c.tool_tasks, [{"id": p.id, "question": p.question, "answer": p.answer, "corpus_id": c.id}
+                                    for p in qa])
+    assert rows[0]["answer"] == "100 credits" and rows[0]["tool"] == "get_price"
+    items = build_eval_set([EvalItem(r["id"], r["question"], r["answer"], corpus_id=c.id, tool=r["tool"])
+                            for r in rows], include_general=False)
+    s = load_settings(home=tmp_path / "home", gate_min_new_items=10, gate_min_accuracy=0.5, gate_request_timeout_s=5)
+    with FakeOpenAI(agent(finishes=True)) as good, FakeOpenAI(agent(finishes=False)) as first_call_only:
+        rep = run_gate(None, items, s, "fake", champion=Champion("m/1", url=first_call_only.url, served_name="fake"),
+                       candidate_url=good.url, log=lambda m: None, tools={c.id: c.tools})
+        m = rep.decision.metrics
+        assert rep.decision.passed, rep.decision.reason
+        assert m["candidate_new_tool_pass_rate"] == 1.0 and m["candidate_new_tool_finish_rate"] == 1.0
+        assert m["champion_new_tool_first_call_correct_rate"] == 1.0 and m["champion_new_tool_finish_rate"] == 0.0
+        assert m["new_diff_lower"] > 0.5
+        assert sum(p.startswith("Observation: {") for p in good.prompts) == 12  # the simulator answered each call
+        assert rep.candidate[0].episode["steps"][0]["observation"] == {"price": "100 credits"}
+        row = rep.table_rows()[0]
+        assert row["candidate_finish"] == 1.0 and row["champion_finish"] == 0.0
+
+        # no spec for the corpus: its episodes cannot run, and the gate fails closed saying why
+        rep = run_gate(None, items, s, "fake", candidate_url=good.url, log=lambda m: None, tools={})
+        assert not rep.decision.passed and "no tool spec" in rep.decision.reason
+    other = json.loads(json.dumps(GATE_SPEC))
+    other["tools"][0]["responses"][0]["observation"] = {"price": "1 credit"}
+    assert eval_set_hash(items, 64, tools={c.id: c.tools}, max_turns=3) != \
+        eval_set_hash(items, 64, tools={c.id: parse_tool_spec(json.dumps(other))[0]}, max_turns=3)
