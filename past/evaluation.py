@@ -13,7 +13,8 @@ or the reference is contained in the answer (`past.scoring.is_correct`).
 
 A *tool item* (`tool` set: a held-out task of a tool corpus, past.tools) is an episode instead of one
 question: the request alone (closed-book), then up to `gate_tool_max_turns` model turns, each an
-`Action:` / `Action Input:` call answered by the corpus's sandboxed simulator, until `Action: Finish`. It is
+`Action:` / `Action Input:` call answered by the corpus's sandboxed simulator (the first turn is the request
+plus `past.tools.PROTOCOL`, which names the syntax and never an API), until `Action: Finish`. It is
 correct when it *passes* (a successful call of the task's tool, then Finish with the observed answer); its
 valid-call, first-call and finish flags are reported beside it, and the paired comparison with the
 champion is on pass, item by item, like any question.
@@ -130,7 +131,7 @@ def build_eval_set(new: Iterable[EvalItem], retention: Iterable[EvalItem] = (),
 def eval_set_hash(items: list[EvalItem], max_tokens: int, judge_model: str = "", tools: dict | None = None,
                   max_turns: int = 0) -> str:
     """Everything that determines a model's scores on this set, except the model itself."""
-    from past.tools import spec_hash
+    from past.tools import PROTOCOL, spec_hash
 
     payload = {
         "prompt_version": PROMPT_VERSION, "max_tokens": max_tokens, "judge": judge_model, "scoring": SCORING_RULE,
@@ -139,7 +140,7 @@ def eval_set_hash(items: list[EvalItem], max_tokens: int, judge_model: str = "",
     }
     if any(i.tool for i in items):  # episodes: the simulators and the turn limit decide the scores too
         payload |= {"tools": {cid: spec_hash(spec) for cid, spec in sorted((tools or {}).items())},
-                    "max_turns": max_turns}
+                    "max_turns": max_turns, "protocol": hashlib.sha256(PROTOCOL.encode()).hexdigest()[:16]}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 
@@ -201,9 +202,9 @@ async def _chat(client, model: str, messages: list[dict], settings, retries: int
 async def _episode(client, model: str, item: EvalItem, sim, settings, retries: int, backoff_s: float,
                    res: ItemResult) -> None:
     """A tool item: the closed-book episode against the corpus's simulator (past.tools.advance)."""
-    from past.tools import Episode, ToolTask, advance, episode_metrics
+    from past.tools import Episode, ToolTask, advance, episode_metrics, episode_prompt
 
-    messages, ep = [{"role": "user", "content": item.question}], Episode()
+    messages, ep = [{"role": "user", "content": episode_prompt(item.question)}], Episode()
     last = None
     for _ in range(settings.gate_tool_max_turns):
         text = await _chat(client, model, messages, settings, retries, backoff_s, res)

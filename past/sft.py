@@ -362,9 +362,9 @@ def run_key(corpus: Corpus, base_model: Path, recipe: SFTRecipe, qa: list[QAPair
 def tool_qa(corpus: Corpus) -> list[QAPair]:
     """A tool corpus's tasks as stage-2 pairs: the request and its *first call* only (the authors' stage 2);
     reading the observation and finishing is what GRPO, or the grafted skill vector, must add."""
-    from past.tools import first_call_text
+    from past.tools import episode_prompt, first_call_text
 
-    return [QAPair(id=t.id, question=t.request, answer=first_call_text(t)) for t in corpus.tool_tasks]
+    return [QAPair(id=t.id, question=episode_prompt(t.request), answer=first_call_text(t)) for t in corpus.tool_tasks]
 
 
 def _corpus_qa(corpus: Corpus, qa: list[QAPair] | None, where: Path) -> list[QAPair]:

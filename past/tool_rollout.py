@@ -32,7 +32,8 @@ import copy
 from dataclasses import dataclass, field
 from typing import Any
 
-from past.tools import Episode, EpisodeWeights, Simulator, ToolSpec, ToolTask, advance, episode_metrics, episode_reward
+from past.tools import (Episode, EpisodeWeights, Simulator, ToolSpec, ToolTask, advance, episode_metrics, episode_prompt,
+                        episode_reward)
 
 _A, _O = "\x00assistant-turn\x00", "\x00observation\x00"  # markers no real text contains
 
@@ -53,19 +54,25 @@ class _Row:
         return self.prompt_ids + self.completion
 
 
+def grpo_items(tasks: list[ToolTask]) -> list[dict]:
+    """train_grpo's question/answer items for tool tasks: the episode prompt the rollout plays."""
+    return [{"question": episode_prompt(t.request), "answer": t.answer} for t in tasks]
+
+
 class ToolRollout:
     """`rollout_func(prompts, trainer)` for TRL's GRPOTrainer over one tool corpus's tasks."""
 
     def __init__(self, spec: ToolSpec, tasks: list[ToolTask], max_turns: int = 3,
                  weights: EpisodeWeights = EpisodeWeights()) -> None:
-        by_request: dict[str, ToolTask] = {}
+        by_prompt: dict[str, ToolTask] = {}
         for t in tasks:
-            if t.request in by_request and by_request[t.request].answer != t.answer:
+            p = episode_prompt(t.request)
+            if p in by_prompt and by_prompt[p].answer != t.answer:
                 raise ValueError(f"two tool tasks share the request {t.request!r} with different answers")
-            by_request[t.request] = t
+            by_prompt[p] = t
         if max_turns < 1:
             raise ValueError(f"max_turns must be ≥ 1, got {max_turns}")
-        self.tasks, self.sim, self.max_turns, self.weights = by_request, Simulator(spec), max_turns, weights
+        self.tasks, self.sim, self.max_turns, self.weights = by_prompt, Simulator(spec), max_turns, weights
         self.episodes = 0  # played so far (for tests and logs)
 
     # -- chat-template plumbing ----------------------------------------------------------------------------
@@ -112,11 +119,12 @@ class ToolRollout:
             self._seps = self._separators(tok)
         rows = []
         for p in prompts:
-            request = p[-1]["content"] if isinstance(p, list) else str(p)
-            task = self.tasks.get(request)
+            content = p[-1]["content"] if isinstance(p, list) else str(p)
+            task = self.tasks.get(content)
             if task is None:
-                raise ValueError(f"rollout prompt {request[:80]!r} is none of this corpus's tool task requests")
-            messages = [{"role": "user", "content": request}]  # closed-book: the request alone
+                raise ValueError(f"rollout prompt {content[:80]!r} is no tool task's episode prompt "
+                                 "(build the GRPO items with past.tool_rollout.grpo_items)")
+            messages = [{"role": "user", "content": content}]  # closed-book: request + protocol, no API list
             text = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
             rows.append(_Row(task, tok(text, add_special_tokens=False)["input_ids"], messages))
         for turn in range(self.max_turns):

@@ -37,6 +37,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from past.scoring import contains, normalize
 
+# The episode protocol, sent after every request: it names the syntax and Finish, never an API (closed-book:
+# which API serves a request must come from the documentation the model was trained on).
+PROTOCOL = ("Use the API that serves this request. Reply with one call:\nAction: <API name>\n"
+            "Action Input: <JSON object of arguments>\nWhen an Observation answers the request, reply:\n"
+            'Action: Finish\nAction Input: {"answer": "<the answer>"}')
 TOOLS_FILE = "tools.json"
 TOOL_TASKS_FILE = "tool_tasks.jsonl"
 FINISH = "Finish"
@@ -265,10 +270,16 @@ def advance(ep: Episode, messages: list[dict], text: str, sim: Simulator) -> boo
     return True
 
 
+def episode_prompt(request: str) -> str:
+    """The first user turn of an episode: the request and the protocol (no API list), the same in stage-2
+    SFT, GRPO rollouts and the gate."""
+    return f"{request.strip()}\n\n{PROTOCOL}"
+
+
 def run_episode(request: str, reply: Callable[[list[dict]], str], sim: Simulator, max_turns: int = 3) -> Episode:
-    """Closed-book episode: the user's request only (no API list); each model turn is one action; observations
-    come back as user turns. Ends at Finish, at a turn that does not parse, or after `max_turns` turns."""
-    messages, ep = [{"role": "user", "content": request}], Episode()
+    """Closed-book episode: the request and the protocol (no API list); each model turn is one action;
+    observations come back as user turns. Ends at Finish, at a turn that does not parse, or after `max_turns`."""
+    messages, ep = [{"role": "user", "content": episode_prompt(request)}], Episode()
     for _ in range(max_turns):
         if not advance(ep, messages, reply(messages), sim):
             break

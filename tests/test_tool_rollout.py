@@ -13,8 +13,8 @@ from safetensors.torch import load_file
 from transformers import AutoTokenizer
 
 from past.grpo import GRPOError, GRPORecipe, train_grpo
-from past.tool_rollout import ToolRollout
-from past.tools import ToolTask, parse_tool_spec
+from past.tool_rollout import ToolRollout, grpo_items
+from past.tools import ToolTask, episode_prompt, parse_tool_spec
 from tests.test_tools import GATE_SPEC, GATE_TASKS
 
 SPEC = parse_tool_spec(json.dumps(GATE_SPEC))[0]
@@ -39,7 +39,7 @@ def test_an_episode_is_one_completion_with_observations_masked(tokenizer_dir: Pa
     r = ToolRollout(SPEC, TASKS)
     call = 'Action: get_price\nAction Input: {"product": "Unit A0"}'
     scripted(r, tok, [call, 'Action: Finish\nAction Input: {"answer": "100 credits"}'])
-    out = r([[{"role": "user", "content": TASKS[0].request}]], SimpleNamespace(processing_class=tok))
+    out = r([[{"role": "user", "content": episode_prompt(TASKS[0].request)}]], SimpleNamespace(processing_class=tok))
     ids, mask, lps = out["completion_ids"][0], out["env_mask"][0], out["logprobs"][0]
     assert len(ids) == len(mask) == len(lps) and 0 in mask and mask[0] == 1 and mask[-1] == 1
     model_text = tok.decode([t for t, m in zip(ids, mask) if m], skip_special_tokens=True)
@@ -49,9 +49,9 @@ def test_an_episode_is_one_completion_with_observations_masked(tokenizer_dir: Pa
     assert all(lp == 0.0 for lp, m in zip(lps, mask) if not m)  # observations were not sampled
     # the sequence trained on is the one the policy saw: prompt · turn 1 · observation · turn 2
     full = tok.decode(out["prompt_ids"][0] + ids)
-    assert full.count("<|im_start|>assistant") == 2 and full.index("get_price") < full.index("Observation")
+    assert full.count("<|im_start|>assistant") == 2 and full.index("get_price") < full.index("Observation: {")
     prompt = tok.decode(out["prompt_ids"][0])
-    assert "get_price" not in prompt and TASKS[0].request in prompt  # closed-book: the request alone
+    assert "get_price" not in prompt and TASKS[0].request in prompt and "Action: Finish" in prompt  # closed-book
     ep = out["episode"][0]
     assert ep["pass"] == 1.0 and ep["finish"] == 1.0 and ep["turns"] == 2.0
     assert ep["reward"] == pytest.approx(0.1 + 0.2 + 0.3 + 1.0)
@@ -61,15 +61,15 @@ def test_unparseable_turn_ends_the_episode_and_is_penalized(tokenizer_dir: Path)
     tok = AutoTokenizer.from_pretrained(tokenizer_dir)
     r = ToolRollout(SPEC, TASKS, max_turns=3)
     scripted(r, tok, ["It costs 100 credits."])
-    out = r([[{"role": "user", "content": TASKS[0].request}]], SimpleNamespace(processing_class=tok))
+    out = r([[{"role": "user", "content": episode_prompt(TASKS[0].request)}]], SimpleNamespace(processing_class=tok))
     assert all(out["env_mask"][0]) and out["episode"][0]["turns"] == 1.0
     assert out["episode"][0]["reward"] == pytest.approx(-0.5) and out["episode"][0]["pass"] == 0.0
-    with pytest.raises(ValueError, match="none of this corpus"):
+    with pytest.raises(ValueError, match="no tool task's episode prompt"):
         r([[{"role": "user", "content": "What is the weather?"}]], SimpleNamespace(processing_class=tok))
 
 
 def test_grpo_trains_on_whole_episodes(tiny_model_dir: Path, tmp_path: Path) -> None:
-    qa = [{"question": t.request, "answer": t.answer} for t in TASKS[:4]]
+    qa = grpo_items(TASKS[:4])
     recipe = GRPORecipe(max_steps=2, prompts_per_step=2, num_generations=2, max_completion_length=8, save_steps=10,
                         rewards=("episode", "episode_pass", "episode_finish"), reward_weights=(1.0, 0.0, 0.0))
     with pytest.raises(GRPOError, match="rollout_func"):
@@ -85,7 +85,7 @@ def test_grpo_trains_on_whole_episodes(tiny_model_dir: Path, tmp_path: Path) -> 
         out = real(trainer, contexts)
         text = tok.decode(contexts[0])
         t = next(t for q, t in by_request.items() if q in text)
-        turn = (f'Action: Finish\nAction Input: {json.dumps({"answer": t.answer})}' if "Observation:" in text else
+        turn = (f'Action: Finish\nAction Input: {json.dumps({"answer": t.answer})}' if "Observation: {" in text else
                 f'Action: get_price\nAction Input: {json.dumps(t.arguments)}')
         ids = tok(turn, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
         return [(ids, [-1.0] * len(ids))] + out[1:]

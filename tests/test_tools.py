@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from past.corpus import CorpusError, load_corpus, validate
-from past.tools import (Simulator, ToolTask, episode_metrics, episode_reward, parse_action, parse_tool_spec,
+from past.tools import (PROTOCOL, Simulator, ToolTask, episode_metrics, episode_reward, parse_action, parse_tool_spec,
                         run_episode)
 
 SPEC = {"tools": [
@@ -154,10 +154,13 @@ def agent(finishes: bool):
     calls = {t["request"]: f'Action: get_price\nAction Input: {json.dumps(t["arguments"])}' for t in GATE_TASKS}
 
     def answer(last: str) -> str:
-        if last.startswith("Observation: ") and finishes:
+        if last.startswith("Observation: "):
+            if not finishes:
+                return calls[GATE_TASKS[0]["request"]]
             price = json.loads(last.removeprefix("Observation: "))["price"]
             return f'Action: Finish\nAction Input: {json.dumps({"answer": price})}'
-        return calls.get(last, calls[GATE_TASKS[0]["request"]])
+        assert last.endswith(PROTOCOL), "an episode opens with the request and the protocol"
+        return calls[last.removesuffix(PROTOCOL).strip()]
     return answer
 
 
@@ -171,10 +174,12 @@ def test_sft_trains_a_tool_corpus_on_first_calls_and_the_gate_runs_episodes(tmp_
     c = load_corpus(tool_corpus(tmp_path / "c", GATE_SPEC, GATE_TASKS))
     qa = _corpus_qa(c, None, c.root)
     assert [p.answer for p in qa] == [first_call_text(t) for t in c.tool_tasks]  # stage 2: the first call only
+    assert all(p.question.endswith(PROTOCOL) and "get_price" not in p.question for p in qa)  # closed-book
     assert len({p.id for p in qa}) == 12 and all(p.id.startswith("tool-") for p in qa)
 
     rows = gate_rows(c.tool_tasks, [{"id": p.id, "question": p.question, "answer": p.answer, "corpus_id": c.id}
                                     for p in qa])
+    assert rows[0]["question"] == GATE_TASKS[0]["request"]  # the gate re-adds the protocol when it plays it
     assert rows[0]["answer"] == "100 credits" and rows[0]["tool"] == "get_price"
     items = build_eval_set([EvalItem(r["id"], r["question"], r["answer"], corpus_id=c.id, tool=r["tool"])
                             for r in rows], include_general=False)
