@@ -7,6 +7,7 @@
     θ_final  = θ_sft_T + λ·v                            v = the current skill vector (none yet: θ_sft_T)
     serve θ_final (and the champion) with vLLM; gate on new / retention / general questions
     register θ_final in MLflow; move `champion` only if the gate passed
+    notify: a Prefect event past.adapt.<promoted|rejected|failed>, and the webhook when one is set
 
 Idempotent per (corpus, model name, skill vector, λ): a keyed Prefect transaction records the finished
 result, so a re-run returns it without redoing anything; after a crash, cached steps are skipped (eager
@@ -26,7 +27,8 @@ from prefect.transactions import CommitMode, transaction
 from tasks.common import corpus_lock, home_tag, settings
 from tasks.corpus import mark_corpus, resolve_corpus, teacher_qa
 from tasks.gate import serve_and_gate
-from tasks.registry import conclude, log_to_run, open_adaptation_run, register_candidate
+from tasks.notify import notify_failure, notify_outcome
+from tasks.registry import conclude, fail_run, log_to_run, open_adaptation_run, register_candidate
 from tasks.skill import current_skill_vector, inject_skill
 from tasks.training import base_model, sft_memorize, sft_qa
 
@@ -53,10 +55,12 @@ def adapt(corpus: str, model_name: str = "support-bot", lam: float | None = None
             summary = _adapt(c, model_name, lam, vector, work)
         except BaseException as e:
             mark_corpus(cid, "failed", model_name=model_name, error=f"{type(e).__name__}: {e}"[:500])
+            notify_failure(model_name, c["name"], cid, f"{type(e).__name__}: {e}")
             raise
         mark_corpus(cid, "promoted" if summary["promoted"] else "rejected", model_name=model_name,
                     version=summary["version"], reason=summary["reason"])
         txn.stage(summary)
+    notify_outcome(summary)
     return summary
 
 
@@ -75,12 +79,16 @@ def _adapt(c: dict, model_name: str, lam: float, vector: dict | None, work: Path
         "corpus_name": c["name"], "base_model": base["path"], "skill_vector_version": vector["version"] if vector else "",
         "lambda": lam if vector else 0.0, "sft_recipe": sft["recipe"], "teacher": teacher["teacher"],
         "gate_items_source": sft["eval_source"]})
-    log_to_run(run_id, metrics=sft["metrics"] | teacher["metrics"])
-    version = register_candidate(model_name, candidate, run_id, cid, vector["version"] if vector else "",
-                                 lam if vector else None)
-    gate = serve_and_gate(candidate, cid, model_name, f"{model_name}/{version}", str(work / "gate"),
-                          sft["training_check"])
-    outcome = conclude(model_name, version, run_id, gate)
+    try:
+        log_to_run(run_id, metrics=sft["metrics"] | teacher["metrics"])
+        version = register_candidate(model_name, candidate, run_id, cid, vector["version"] if vector else "",
+                                     lam if vector else None)
+        gate = serve_and_gate(candidate, cid, model_name, f"{model_name}/{version}", str(work / "gate"),
+                              sft["training_check"])
+        outcome = conclude(model_name, version, run_id, gate)
+    except BaseException as e:
+        fail_run(run_id, e)  # the MLflow run ends FAILED with the error, not RUNNING forever
+        raise
 
     summary = {"corpus_id": cid, "corpus_name": c["name"], "model_name": model_name, "version": version,
                "promoted": outcome["promoted"], "reason": outcome["reason"], "gate": gate["metrics"],

@@ -123,6 +123,14 @@ class Settings:
                                  "that the watcher marks it failed and emits `past.corpus.failed` (one Prefect "
                                  "automation turns that event into an e-mail or a Slack message).")
 
+    # --- notifications -----------------------------------------------------------------------------
+    notify_webhook_url: str = _f("", "Slack-compatible incoming-webhook URL told of every promotion, rejection and "
+                                 "failed adaptation (JSON {\"text\": ...}); empty = Prefect events only "
+                                 "(`past.adapt.promoted|rejected|failed`, for automations).")
+    notify_timeout_s: float = _f(5.0, "Timeout of one webhook request (2 retries on transient errors).")
+    mlflow_ui_url: str = _f("http://127.0.0.1:5000", "Base URL of the MLflow UI, for links in notifications "
+                            "(`past ui` / `past up` serve it here).")
+
     # --- services ----------------------------------------------------------------------------------
     mlflow_tracking_uri: str = _f("", "MLflow tracking/registry URI; empty = sqlite:///<home>/mlflow/mlflow.db.")
     prefect_api_url: str = _f("http://127.0.0.1:4200/api", "Prefect API the flows and `past up` use.")

@@ -166,6 +166,11 @@ class Registry:
     def end_run(self, run_id: str, status: str = "FINISHED") -> None:
         self.client.set_terminated(run_id, status)
 
+    def fail_run(self, run_id: str, error: str) -> None:
+        """A run whose adaptation raised: the error as a tag, status FAILED (a resumed run ends FINISHED)."""
+        self.client.set_tag(run_id, "error", error[:5000])
+        self.client.set_terminated(run_id, "FAILED")
+
     # -- candidates ------------------------------------------------------------------------------------------
     def register_candidate(self, name: str, model_dir: str | Path, run_id: str | None, corpus_id: str,
                            skill_version: str = "", lam: float | None = None,

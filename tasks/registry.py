@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 from prefect import task
 
 from past.evaluation import GateReport
@@ -40,6 +42,15 @@ def conclude(model_name: str, version: str, run_id: str, gate: dict) -> dict:
     outcome = reg.conclude(model_name, version, run_id, GateReport.read(gate["report"]))
     reg.end_run(run_id, "FINISHED")
     return {"version": outcome.version, "promoted": outcome.promoted, "reason": outcome.reason}
+
+
+def fail_run(run_id: str, error: BaseException) -> None:
+    """End the adaptation's MLflow run FAILED with the error as a tag (a plain call, not a task: it must run
+    while the flow is already failing). A registry that is itself down is logged, not raised over the error."""
+    try:
+        Registry(settings()).fail_run(run_id, f"{type(error).__name__}: {error}")
+    except Exception as e:  # noqa: BLE001
+        logging.getLogger("past").warning(f"could not mark MLflow run {run_id} FAILED: {e}")
 
 
 @task(retries=2, retry_condition_fn=retry_transient, retry_delay_seconds=5)

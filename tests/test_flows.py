@@ -20,6 +20,7 @@ from past.inbox import read_ledger
 from past.registry import Registry
 from past.skill import extract
 from tests.fake_openai import FakeOpenAI
+from tests.test_notify import Receiver
 
 
 @pytest.fixture(scope="module")
@@ -108,20 +109,30 @@ def test_adapt_crash_then_rerun_continues_from_cached_steps(harness, env, vector
     real_gate = tasks.gate.run_gate
     monkeypatch.setattr(tasks.gate, "run_gate", lambda *a, **kw: (_ for _ in ()).throw(RuntimeError("power cut")))
     corpus = write_corpus(tmp_path / "corpus", "quandle")
-    with FakeOpenAI() as fake:
+    with FakeOpenAI() as fake, Receiver() as hook:
         monkeypatch.setenv("PAST_SERVE_URL", fake.url)
+        monkeypatch.setenv("PAST_NOTIFY_WEBHOOK_URL", hook.url)
         with pytest.raises(RuntimeError, match="power cut"):
             adapt(str(corpus), skill_vector=str(vector))
         s = load_settings()
         cid = json.loads(next((s.home / "ledger").glob("*.json")).read_text())["corpus_id"]
         assert read_ledger(s.home, cid)["status"] == "failed"
-        assert Registry(s).champion("support-bot") is None, "a crashed run moves no alias"
+        reg = Registry(s)
+        assert reg.champion("support-bot") is None, "a crashed run moves no alias"
+        [run] = reg.client.search_runs([reg.experiment_id()])
+        assert run.info.status == "FAILED" and "power cut" in run.data.tags["error"], "no run left RUNNING"
+        assert [b["past"]["kind"] for b in hook.bodies] == ["failed"] and "power cut" in hook.bodies[0]["text"]
 
         monkeypatch.setattr(tasks.gate, "run_gate", real_gate)
         out = adapt(str(corpus), skill_vector=str(vector))
     assert out["promoted"] is True
     assert calls["memorize"] == 1, "SFT stage 1 ran once: the re-run reused its cached result"
     assert read_ledger(s.home, cid)["status"] == "promoted"
+    assert reg.client.get_run(out["mlflow_run_id"]).info.status == "FINISHED"  # the resumed run ends well
+    last = hook.bodies[-1]
+    assert last["past"] == {"kind": "promoted", "model_name": "support-bot", "version": out["version"],
+                            "corpus": "corpus", "corpus_id": cid}
+    assert f"#/models/support-bot/versions/{out['version']}" in last["text"]
 
 
 def test_watch_two_corpora_at_once_then_backfill_is_idempotent(harness, env, vector, monkeypatch, tmp_path) -> None:
