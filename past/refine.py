@@ -10,6 +10,11 @@
 Each round starts SFT from the base model (our reading of the authors' code); carrying v_{k-1} into the
 GRPO start is what makes the skill content-invariant: it must keep working on a partition it was not learned on.
 
+Tool corpora (past.tools): each partition gets the whole `tools.json` and the tool tasks of its share of the
+APIs (tasks are dealt by tool, seeded, so no API is trained on in two partitions). SFT stage 2 trains their
+first calls; GRPO then plays whole episodes (past.tool_rollout) rewarded by the authors' episode shaping,
+instead of one-turn answers: the skill a tool vector carries is reading the observation and finishing.
+
 RL questions (`rl_qa`, optional): questions about the source documents that SFT never trains on, e.g. other
 phrasings of the QA facts. The authors run RL on questions SFT has not seen; GRPO on the very pairs stage 2
 just fitted mostly re-recites them (identical samples, little reward variance), so the vector it learns is
@@ -22,6 +27,7 @@ checkpoint), and a round is done once `round.json` exists.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -70,6 +76,8 @@ def partition_corpus(corpus: Corpus, k: int, dest: Path, seed: int = 0, rl_qa: l
 
     Documents are ordered by a seeded hash and dealt round-robin, so partitions differ in size by at most one
     document; a QA pair (or RL question) goes with its document (one without a doc_id is dealt by its own id).
+    A tool corpus's APIs are dealt the same way; each API's tasks, and the documents that name it, go to its
+    partition, and every partition carries the whole tools.json.
     """
     if k < 1:
         raise RefreshError(f"K must be ≥ 1, got {k}")
@@ -77,6 +85,11 @@ def partition_corpus(corpus: Corpus, k: int, dest: Path, seed: int = 0, rl_qa: l
         raise RefreshError(f"{corpus.root}: {len(corpus.documents)} documents cannot make {k} disjoint partitions")
     order = sorted(corpus.documents, key=lambda d: _rank(seed, d.id))
     owner = {d.id: i % k for i, d in enumerate(order)}
+    tools = sorted({t.tool for t in corpus.tool_tasks}, key=lambda name: _rank(seed, "tool\x00" + name))
+    tool_owner = {name: i % k for i, name in enumerate(tools)}
+    for d in order:  # an API's documentation goes where its tasks go (the first API name the page mentions)
+        if (named := next((t for t in tools if t in d.text), None)) is not None:
+            owner[d.id] = tool_owner[named]
     unknown = sorted({q.doc_id for q in rl_qa or [] if q.doc_id is not None and q.doc_id not in owner})
     if unknown:
         raise RefreshError(f"RL questions name documents that {corpus.root} does not have: {unknown[:5]}")
@@ -86,8 +99,13 @@ def partition_corpus(corpus: Corpus, k: int, dest: Path, seed: int = 0, rl_qa: l
 
     parts = [([d for d in order if owner[d.id] == i], [q for q in corpus.qa if part_of(q) == i],
               [q for q in rl_qa or [] if part_of(q) == i]) for i in range(k)]
-    for i, (_, qa, rl) in enumerate(parts, 1):  # all checks before anything is written
-        if not qa:
+    tasks = [[t for t in corpus.tool_tasks if tool_owner[t.tool] == i] for i in range(k)]
+    if corpus.tool_tasks and len(tools) < k:
+        raise RefreshError(f"{corpus.root}: tool tasks of {len(tools)} APIs cannot make {k} disjoint partitions")
+    for i, (docs, qa, rl) in enumerate(parts, 1):  # all checks before anything is written
+        if not docs:
+            raise RefreshError(f"partition {i} of {corpus.root} got no documents (its APIs' pages went elsewhere)")
+        if not qa and not tasks[i - 1]:
             raise RefreshError(f"partition {i} of {corpus.root} has no QA pairs; add QA to more documents")
         if rl_qa is not None and not rl:
             raise RefreshError(f"partition {i} of {corpus.root} has no RL questions; add some for more documents")
@@ -108,7 +126,13 @@ def partition_corpus(corpus: Corpus, k: int, dest: Path, seed: int = 0, rl_qa: l
         tmp = staging_dir(final)
         (tmp / "docs.jsonl").write_text("".join(json.dumps({"id": d.id, "title": d.title, "text": d.text},
                                                            ensure_ascii=False) + "\n" for d in docs))
-        (tmp / "qa.jsonl").write_text(_jsonl(qa))
+        if qa:
+            (tmp / "qa.jsonl").write_text(_jsonl(qa))
+        if corpus.tools is not None:  # the whole spec (the simulator), and this partition's tasks
+            from past.tools import TOOL_TASKS_FILE, TOOLS_FILE
+
+            (tmp / TOOLS_FILE).write_text(corpus.tools.model_dump_json(indent=1, exclude_none=True))
+            (tmp / TOOL_TASKS_FILE).write_text("".join(t.model_dump_json() + "\n" for t in tasks[i]))
         paths.append(publish_dir(tmp, final))
     return paths
 
@@ -147,8 +171,21 @@ def run_round(k: int, partition: Path, base_model: Path, prev_vector: Path | Non
     log(f"round {k}: SFT of the base model on {partition.name}")
     sft_dir = rd / "sft"
     sft_metrics = run_sft(partition, sft_dir, base_model, sft_recipe, work_dir=rd / "sft-work", progress=True)
-    train_qa = [{"question": q.question, "answer": q.answer}
-                for q in read_qa_jsonl(rl_file if rl_file.is_file() else rd / "sft-work" / "splits" / "train.jsonl")]
+    part = load_corpus(partition)
+    rollout = None
+    if part.tool_tasks:  # a tool partition: GRPO plays whole episodes of its training tasks
+        from past.tool_rollout import TURN_TOKENS, ToolRollout, grpo_items
+
+        train_ids = {json.loads(x)["id"] for x in (rd / "sft-work" / "splits" / "train.jsonl").read_text().splitlines()}
+        tasks = [t for t in part.tool_tasks if t.id in train_ids] or part.tool_tasks
+        train_qa, grpo_questions = grpo_items(tasks), "tool episodes"
+        rollout = ToolRollout(part.tools, tasks)
+        grpo_recipe = dataclasses.replace(grpo_recipe, rewards=("episode", "episode_pass", "episode_finish"),
+                                          reward_weights=(1.0, 0.0, 0.0),
+                                          max_completion_length=max(grpo_recipe.max_completion_length, TURN_TOKENS))
+    else:
+        train_qa = [{"question": q.question, "answer": q.answer}
+                    for q in read_qa_jsonl(rl_file if rl_file.is_file() else rd / "sft-work" / "splits" / "train.jsonl")]
     phases["sft_s"] = time.monotonic() - t_round
 
     if prev_vector is None:
@@ -165,8 +202,9 @@ def run_round(k: int, partition: Path, base_model: Path, prev_vector: Path | Non
     if not _verified(rl_dir):
         shutil.rmtree(rl_dir, ignore_errors=True)
         log(f"round {k}: GRPO on {len(train_qa)} questions ({grpo_questions}) from {init.name}")
-        train_grpo(init, train_qa, rl_dir, grpo_recipe, work_dir=rd / "grpo-work", judge=judge,
-                   extra_rewards=extra_rewards)
+        train_grpo(init, train_qa, rl_dir, grpo_recipe, work_dir=rd / "grpo-work",
+                   judge=None if rollout else judge, extra_rewards=None if rollout else extra_rewards,
+                   rollout_func=rollout)
     grpo = read_result(rl_dir)
     phases["grpo_s"] = time.monotonic() - t_round - sum(phases.values())
 
@@ -179,10 +217,11 @@ def run_round(k: int, partition: Path, base_model: Path, prev_vector: Path | Non
     phases["extract_analyze_s"] = time.monotonic() - t_round - sum(phases.values())
 
     record = {
-        "round": k, "partition": partition.name, "partition_corpus_id": load_corpus(partition).id,
+        "round": k, "partition": partition.name, "partition_corpus_id": part.id,
         "init": "sft" if prev_vector is None else "sft+v_prev", "sft": _slim_sft(sft_metrics),
         "grpo": {key: grpo[key] for key in ("steps", "reward_curve", "reward_std_curve", "per_reward_curves",
                                              "judge", "wall_s")} | {"questions": grpo_questions, "n_questions": len(train_qa),
+                 "rewards": list(grpo_recipe.rewards), "max_completion_length": grpo_recipe.max_completion_length,
                  # did this round's RL learn? (first vs last min(20, steps/2) steps; a vector that did not is noise)
                  "learning": learning_gate(grpo["reward_curve"], window=min(20, max(2, len(grpo["reward_curve"]) // 2)))},
         "orthogonality": orthogonality_summary(report) | {"report_dir": str(ortho_dir)},

@@ -36,6 +36,7 @@ from past.tools import (Episode, EpisodeWeights, Simulator, ToolSpec, ToolTask, 
                         episode_reward)
 
 _A, _O = "\x00assistant-turn\x00", "\x00observation\x00"  # markers no real text contains
+TURN_TOKENS = 48  # least tokens per turn in a tool GRPO round: a call with its JSON arguments is ~20-30 tokens
 
 
 @dataclass

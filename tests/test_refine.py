@@ -180,3 +180,32 @@ def test_cli_refresh_runs_rounds_and_fails_cleanly(tiny_model_dir: Path, tmp_pat
     assert main(["skill", "refresh", str(src), "--out", str(tmp_path / "vb"), "--rl-qa", str(tmp_path / "bad.jsonl"),
                  *budgets]) == 2
     assert "answer" in capsys.readouterr().err and not (tmp_path / "vb").exists()
+
+
+def test_a_tool_corpus_partitions_by_api_and_its_round_plays_episodes(tiny_model_dir: Path, tmp_path: Path,
+                                                                      monkeypatch) -> None:
+    """Tool corpus: APIs (their tasks and their documentation pages) are dealt to partitions, each carrying
+    the whole spec; the round's GRPO plays whole episodes through the tool rollout with episode rewards."""
+    import past.rewards
+    from past.synthetic_tools import make_tool_domains, write_tool_corpus
+
+    src, _ = make_tool_domains(seed=0, n_services=1, n_families=2, n_products=2)
+    corpus = load_corpus(write_tool_corpus(src, tmp_path / "tools"))
+    parts = [load_corpus(p) for p in partition_corpus(corpus, 2, tmp_path / "p")]
+    apis = [{t.tool for t in p.tool_tasks} for p in parts]
+    assert all(len(a) == 1 for a in apis) and not apis[0] & apis[1]
+    assert all(p.tools is not None and len(p.tools.tools) == 2 for p in parts)  # the whole simulator
+    for p, a in zip(parts, apis):
+        assert [d.id for d in p.documents] == sorted(a)  # each API's page went with its tasks
+    with pytest.raises(RefreshError, match="cannot make 3"):
+        partition_corpus(corpus, 3, tmp_path / "p3")
+
+    monkeypatch.setitem(past.rewards.RULE_REWARDS, "episode", length_reward)  # variance for a random model
+    sft = SFTRecipe(max_steps_memorize=1, max_steps_qa=1, batch_size=2, max_length=128, save_steps=1, lora_r=4,
+                    lora_alpha=8, eval_fraction=0.5, split_by="question")
+    rec = refine.run_round(1, partition_corpus(corpus, 2, tmp_path / "p")[0], tiny_model_dir, None,
+                           tmp_path / "work", sft, GRPO, log=lambda m: None)
+    g = rec["grpo"]
+    assert g["questions"] == "tool episodes" and g["rewards"] == ["episode", "episode_pass", "episode_finish"]
+    assert g["max_completion_length"] == 48 and "episode_finish_reward" in g["per_reward_curves"]
+    assert rec["orthogonality"]["summary"]["skill_over_knowledge_norm"] > 0
