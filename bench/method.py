@@ -111,6 +111,36 @@ class Budget:
     eval_batch: int = _f(64, "Questions per batched greedy generate call (56 in one batch: 2.4x faster than 16).")
 
 
+def run_seeds(args: argparse.Namespace, budget_cls: type, run_seed: Callable, script: str,
+              argv: list[str] | None) -> dict:
+    """The shared loop of the protocol and tool benches: budget from the CLI, the base model, one
+    `run_seed(seed, budget, base, out, keep_models, log, dev, in_domain_only)` per seed (each resumable),
+    and the run's results.json. Returns the results."""
+    b = budget_cls(**{f.name: (tuple(getattr(args, f.name)) if isinstance(f.default, tuple) else getattr(args, f.name))
+                      for f in dataclasses.fields(budget_cls)})
+    args.out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    log = lambda m: print(f"[{time.perf_counter() - t0:7.1f} s] {m}", flush=True)  # noqa: E731
+    base = args.base
+    if base == BASE and not BASE.exists():
+        from past.models import prepare_base_model
+
+        base = prepare_base_model(BASE.name, BASE.parent)
+    seeds = []
+    for s in args.seeds:
+        seeds.append(run_seed(s, b, base, args.out, args.keep_models, log, args.dev, args.in_domain_only))
+        _write_json(args.out / f"seed-{s}" / "result.json", seeds[-1])
+    res = {"budget": asdict(b), "seeds": seeds, "total_wall_s": round(time.perf_counter() - t0, 1),
+           "command": f"python {script} " + " ".join(argv if argv is not None else sys.argv[1:]),
+           "date": time.strftime("%Y-%m-%d"), "base": str(base)}
+    _write_json(args.out / "results.json", res)
+    if args.in_domain_only:
+        for s in seeds:
+            print(json.dumps({"seed": s["seed"], "in_domain": s["in_domain"], "learning": s["steps"]["source_grpo"]["learning"],
+                              "s_per_step": s["steps"]["source_grpo"]["s_per_step"]}, indent=1))
+    return res
+
+
 def budget_from_args(args: argparse.Namespace) -> Budget:
     return Budget(**{f.name: getattr(args, f.name) for f in dataclasses.fields(Budget)})
 

@@ -36,13 +36,11 @@ resumes. Model folders of a finished seed are deleted unless --keep-models.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import shutil
 import statistics
 import sys
-import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -50,7 +48,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 import past.rewards  # noqa: E402,F401 - imported up front: edits during a long run cannot leak in
-from bench.method import BASE, DEV_SEED_OFFSET, _f, add_budget_args, _fresh, _published, _write_json, generate_answers, random_like, step  # noqa: E402
+from bench.method import BASE, DEV_SEED_OFFSET, _f, run_seeds, add_budget_args, _fresh, _published, generate_answers, random_like, step  # noqa: E402
 from past.grpo import GRPORecipe, learning_gate, read_result, train_grpo  # noqa: E402
 from past.rewards import ENVELOPE_INSTRUCTION, envelope_answer  # noqa: E402
 from past.scoring import is_correct  # noqa: E402
@@ -313,28 +311,8 @@ def run(argv: list[str] | None = None) -> dict:
         res = json.loads(args.render.read_text())
         print(report(res) + "\n" + "\n".join(curve_rows(res)) + f"\n\n![reward curves]({plot_curves(res, args.plot).name})")
         return res
-    b = Budget(**{f.name: (tuple(getattr(args, f.name)) if isinstance(f.default, tuple) else getattr(args, f.name))
-                  for f in dataclasses.fields(Budget)})
-    args.out.mkdir(parents=True, exist_ok=True)
-    t0 = time.perf_counter()
-    log = lambda m: print(f"[{time.perf_counter() - t0:7.1f} s] {m}", flush=True)  # noqa: E731
-    base = args.base
-    if base == BASE and not BASE.exists():
-        from past.models import prepare_base_model
-
-        base = prepare_base_model(BASE.name, BASE.parent)
-    seeds = []
-    for s in args.seeds:
-        seeds.append(run_seed(s, b, base, args.out, args.keep_models, log, args.dev, args.in_domain_only))
-        _write_json(args.out / f"seed-{s}" / "result.json", seeds[-1])
-    res = {"budget": asdict(b), "seeds": seeds, "total_wall_s": round(time.perf_counter() - t0, 1),
-           "command": "python bench/protocol.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-           "date": time.strftime("%Y-%m-%d"), "base": str(base)}
-    _write_json(args.out / "results.json", res)
+    res = run_seeds(args, Budget, run_seed, "bench/protocol.py", argv)
     if args.in_domain_only:
-        for s in seeds:
-            print(json.dumps({"seed": s["seed"], "in_domain": s["in_domain"], "learning": s["steps"]["source_grpo"]["learning"],
-                              "s_per_step": s["steps"]["source_grpo"]["s_per_step"]}, indent=1))
         return res
     text = report(res)
     (args.out / "report.md").write_text(text)
