@@ -56,7 +56,7 @@ import os
 import shutil
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -66,6 +66,7 @@ sys.path.insert(0, str(REPO))
 # Import every module the run touches up front: edits to the working tree during a long run cannot leak in.
 import past.grpo  # noqa: E402,F401
 import past.rewards  # noqa: E402,F401
+from past.fields import opt as _f  # noqa: E402
 from past.corpus import load_corpus, read_qa_jsonl  # noqa: E402
 from past.grpo import GRPORecipe, read_result, train_grpo  # noqa: E402
 from past.models import MANIFEST, publish_dir, staging_dir, verify_model_dir  # noqa: E402
@@ -81,8 +82,6 @@ FIXED_ARMS = ("base", "sft", "past", "k1", "pre_injection", "sequential", "sourc
 DEV_SEED_OFFSET = 10_000
 
 
-def _f(default: Any, help: str) -> Any:  # noqa: A002 - TRL-style help metadata
-    return field(default=default, metadata={"help": help})
 
 
 @dataclass

@@ -14,11 +14,12 @@ import sys
 import tomllib
 import types
 import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from past.errors import PastError
-from typing import Any
+from past.fields import opt as _f
 
 
 # The Makefile builds the vLLM serving venv as a sibling of the main venv; find it from the running interpreter
@@ -26,8 +27,6 @@ from typing import Any
 _DEFAULT_SERVE_PYTHON = Path(sys.prefix).parent / ".venv-serve" / "bin" / "python"
 
 
-def _f(default: Any, help: str) -> Any:  # noqa: A002 - mirrors TRL's field(metadata={"help": ...}) habit
-    return field(default=default, metadata={"help": help})
 
 
 @dataclass

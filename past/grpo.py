@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from past.fields import opt as _f
 from past.errors import PastError
 
 
@@ -27,8 +28,6 @@ class GRPOError(PastError):
     """Bad GRPO input (no QA, impossible batch shape) or a failed run."""
 
 
-def _f(default: Any, help: str) -> Any:  # noqa: A002
-    return field(default=default, metadata={"help": help})
 
 
 @dataclass

@@ -20,7 +20,6 @@ One watcher pass (serialised by a lock file, so two watchers never interleave):
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import shutil
@@ -61,21 +60,18 @@ def _dirs(home: Path) -> dict[str, Path]:
 @contextmanager
 def watch_lock(home: Path, wait_s: float = 0.0) -> Iterator[None]:
     """Exclusive lock for one watcher pass; raises InboxError if another pass holds it past `wait_s`."""
+    from filelock import FileLock, Timeout
+
     home.mkdir(parents=True, exist_ok=True)
-    with open(home / ".watch.lock", "w") as f:
-        deadline = time.monotonic() + wait_s
-        while True:
-            try:
-                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    raise InboxError("another watcher pass is running (lock held on .watch.lock)") from None
-                time.sleep(0.2)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+    lock = FileLock(home / ".watch.lock", timeout=wait_s)  # timeout 0: exactly one attempt
+    try:
+        lock.acquire()
+    except Timeout:
+        raise InboxError("another watcher pass is running (lock held on .watch.lock)") from None
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def _newest_mtime(entry: Path) -> float:

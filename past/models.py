@@ -276,18 +276,6 @@ def _blank_token_ids(tokenizer_dir: str) -> list[int]:
     return [i for i, t in enumerate(texts) if not t.strip()]
 
 
-def tokenizer_only(src_model_dir: Path, out_dir: Path) -> Path:
-    """Copy just the tokenizer files of a model folder (for tiny models that share its vocabulary)."""
-    from transformers import AutoTokenizer
-
-    out_dir = Path(out_dir)
-    if (out_dir / "tokenizer_config.json").exists():
-        return out_dir
-    tmp = staging_dir(out_dir)
-    AutoTokenizer.from_pretrained(src_model_dir).save_pretrained(tmp)
-    return publish_dir(tmp, out_dir, replace=True)
-
-
 def packaged_tokenizer(cache_dir: Path, name: str = "smollm2-135m-instruct") -> Path:
     """The built-in model's tokenizer alone, straight from the GGUF (~6 s, no weight conversion), cached."""
     from transformers import AutoTokenizer

@@ -11,7 +11,7 @@ Layout in MLflow (embedded default: `sqlite:///<home>/mlflow/mlflow.db`, artifac
   history is the registered-model tag `champion_history` (a JSON list of versions, newest last).
 - registered model `past-skill-vector`: one version per skill vector, alias `current`.
 
-Alias moves are serialised with an exclusive `fcntl.flock` on `<home>/mlflow/registry.lock` and are
+Alias moves are serialised with an exclusive file lock (`filelock`) on `<home>/mlflow/registry.lock` and are
 compare-and-set: a gate compared against champion X may promote only while X is still the champion, so two
 promotions racing never both win and never leave the alias pointing at a version nobody gated against.
 (The file lock covers processes sharing one home folder; a shared MLflow server needs a shared lock.)
@@ -23,7 +23,6 @@ Note: `mlflow.register_model("runs:/.../dir")` on a plain artifact folder fails 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
 import time
@@ -114,12 +113,10 @@ class Registry:
     # -- locking -----------------------------------------------------------------------------------------
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
-        with open(self.lock_path, "a+") as f:  # a fresh open file description per caller: threads exclude too
-            fcntl.flock(f, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(f, fcntl.LOCK_UN)
+        from filelock import FileLock
+
+        with FileLock(self.lock_path):  # a fresh lock (own file descriptor) per caller: threads exclude too
+            yield
 
     # -- runs ----------------------------------------------------------------------------------------------
     def experiment_id(self, name: str = EXPERIMENT) -> str:

@@ -35,16 +35,15 @@ import logging
 import re
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from past.fields import opt as _f
 from past.corpus import Corpus, QAPair, load_corpus, write_splits
 from past.errors import PastError
 from past.models import MANIFEST, model_id, publish_dir, staging_dir, verify_model_dir, write_manifest
 
 
-def _f(default, help: str):  # noqa: A002 - TRL-style help metadata
-    return field(default=default, metadata={"help": help})
 
 
 @dataclass

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import fcntl
 import hashlib
 import json
 import logging
 from pathlib import Path
 from typing import Iterator
 
+from filelock import FileLock
 from prefect.cache_policies import INPUTS, TASK_SOURCE, CacheKeyFnPolicy
 
 from past.config import Settings, load_settings
@@ -83,9 +83,5 @@ def corpus_lock(home: Path, key: str) -> Iterator[None]:
     """Block while another run works on the same key: two runs of one corpus never interleave."""
     d = Path(home) / "locks"
     d.mkdir(parents=True, exist_ok=True)
-    with open(d / f"{key}.lock", "w") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+    with FileLock(d / f"{key}.lock"):
+        yield
