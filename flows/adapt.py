@@ -9,7 +9,8 @@
     register θ_final in MLflow; move `champion` only if the gate passed
     notify: a Prefect event past.adapt.<promoted|rejected|failed>, and the webhook when one is set
 
-Idempotent per (corpus, model name, skill vector, λ): a keyed Prefect transaction records the finished
+Idempotent per (corpus, model name, skill vector, λ, base model + SFT recipe + teacher settings): one content
+key names the work folder and a Prefect transaction that records the finished
 result, so a re-run returns it without redoing anything; after a crash, cached steps are skipped (eager
 commits) and training resumes from its checkpoints. A file lock keeps two runs of one key from overlapping.
 """
@@ -21,16 +22,16 @@ import socket
 from pathlib import Path
 
 from prefect import flow, get_run_logger
-from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
 from prefect.transactions import CommitMode, transaction
 
 from tasks.common import corpus_lock, home_tag, settings
 from tasks.corpus import mark_corpus, resolve_corpus, teacher_qa
 from tasks.gate import serve_and_gate
 from tasks.notify import notify_failure, notify_outcome
-from tasks.registry import conclude, fail_run, log_to_run, open_adaptation_run, register_candidate
+from tasks.registry import conclude, fail_run, log_to_run, mlflow_links, open_adaptation_run, register_candidate
 from tasks.skill import current_skill_vector, inject_skill
-from tasks.training import base_model, sft_memorize, sft_qa
+from tasks.training import base_model, candidate_key, sft_memorize, sft_qa
 
 
 @flow(name="adapt")
@@ -42,8 +43,10 @@ def adapt(corpus: str, model_name: str = "support-bot", lam: float | None = None
     c = resolve_corpus(corpus)
     cid = c["corpus_id"]
     vector = current_skill_vector(skill_vector)
-    tag = f"{model_name}-{cid[:16]}-skill-{vector['sha256'][:12] if vector else 'none'}-lam{lam:g}"
-    key = f"adapt-{home_tag(s)}-{tag}"  # one adaptation = (home, model, corpus, skill vector, λ)
+    base = base_model()
+    tag = (f"{model_name}-{cid[:16]}-skill-{vector['sha256'][:12] if vector else 'none'}-lam{lam:g}"
+           f"-r{candidate_key(base)}")
+    key = f"adapt-{home_tag(s)}-{tag}"  # one adaptation = (home, model, corpus, skill vector, λ, base + recipe)
     work = Path(s.runs_dir) / f"adapt-{tag}"
 
     with corpus_lock(s.home, key), transaction(key=key, commit_mode=CommitMode.EAGER) as txn:
@@ -52,7 +55,7 @@ def adapt(corpus: str, model_name: str = "support-bot", lam: float | None = None
             return txn.read().result
         mark_corpus(cid, "running", model_name=model_name, pid=os.getpid(), host=socket.gethostname())
         try:
-            summary = _adapt(c, model_name, lam, vector, work)
+            summary = _adapt(c, base, model_name, lam, vector, work)
         except BaseException as e:
             mark_corpus(cid, "failed", model_name=model_name, error=f"{type(e).__name__}: {e}"[:500])
             notify_failure(model_name, c["name"], cid, f"{type(e).__name__}: {e}")
@@ -64,9 +67,8 @@ def adapt(corpus: str, model_name: str = "support-bot", lam: float | None = None
     return summary
 
 
-def _adapt(c: dict, model_name: str, lam: float, vector: dict | None, work: Path) -> dict:
+def _adapt(c: dict, base: dict, model_name: str, lam: float, vector: dict | None, work: Path) -> dict:
     cid = c["corpus_id"]
-    base = base_model()
     teacher = teacher_qa(c)
     stage1 = sft_memorize(c, base, str(work / "sft"), teacher)
     sft = sft_qa(c, stage1, base, str(work / "sft"), str(work / "sft-model"), teacher)
@@ -80,7 +82,7 @@ def _adapt(c: dict, model_name: str, lam: float, vector: dict | None, work: Path
         "lambda": lam if vector else 0.0, "sft_recipe": sft["recipe"], "teacher": teacher["teacher"],
         "gate_items_source": sft["eval_source"]})
     try:
-        log_to_run(run_id, metrics=sft["metrics"] | teacher["metrics"])
+        log_to_run(run_id, metrics=sft["metrics"] | teacher["metrics"], curves=sft.get("curves"))
         version = register_candidate(model_name, candidate, run_id, cid, vector["version"] if vector else "",
                                      lam if vector else None)
         gate = serve_and_gate(candidate, cid, model_name, f"{model_name}/{version}", str(work / "gate"),
@@ -105,12 +107,17 @@ def _publish(summary: dict, gate: dict) -> None:
     s = settings()
     verdict = "PROMOTED to champion" if summary["promoted"] else "REJECTED (champion unchanged)"
     key = f"adapt-{summary['model_name']}-{summary['corpus_id'][:12]}".lower()
+    links = mlflow_links(summary["model_name"], summary["version"], summary["mlflow_run_id"])
+    if links["version"]:  # empty when no MLflow UI URL is configured
+        create_link_artifact(key=f"{key}-mlflow", link=links["version"], link_text=f"MLflow: {summary['model_name']} "
+                             f"v{summary['version']}", description="Review the version (tags, model card, gate table)")
     create_markdown_artifact(key=key, description="PaST adaptation summary", markdown=(
         f"# {summary['model_name']} v{summary['version']}: {verdict}\n\n"
         f"- corpus: `{summary['corpus_name']}` (`{summary['corpus_id'][:16]}`)\n"
         f"- skill vector: {summary['skill_vector'] or 'none yet'}; λ = {summary['lambda']}\n"
         f"- gate: {summary['reason']} (compared with {summary['champion_compared'] or 'no champion'})\n"
-        f"- MLflow run `{summary['mlflow_run_id']}` in {s.mlflow_uri} — review in the MLflow UI (`past ui`)\n"
+        f"- MLflow: [run]({links['run']}), [version {summary['version']}]({links['version']}) "
+        f"(store {s.mlflow_uri}; the UI is `past ui`)\n"
         f"- weights: `{summary['candidate']}`\n"))
     m = gate["metrics"]
     intervals = ""

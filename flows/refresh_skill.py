@@ -5,6 +5,7 @@
     for k = 1..K:
         θ_sft_k = SFT(θ_base, D_k);  θ_rl_k = GRPO(θ_sft_k + v_{k-1}, D_k);  v_k = θ_rl_k − θ_sft_k
     register v_K (alias `current`) with its lineage: partitions, reward curves, orthogonality per round
+    (an MLflow run in `past-refresh`, one nested run per round: reward curves, learning gate, cosine plot)
 
 Rounds are cached and resumable: a killed refresh restarts at the round (and GRPO step) where it stopped.
 Optionally re-gates the champion's corpus with the new vector (an `adapt` run keyed by the new version).
@@ -19,9 +20,9 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from tasks.common import settings
 from tasks.corpus import resolve_corpus, resolve_rl_questions
-from tasks.registry import champion_corpus
+from tasks.registry import champion_corpus, record_refresh
 from tasks.skill import register_skill_vector
-from tasks.training import base_model, finalize_vector, partition_source, refine_round
+from tasks.training import base_model, finalize_vector, partition_source, recipe_params, refine_round, refresh_key
 
 
 @flow(name="refresh-skill")
@@ -34,8 +35,9 @@ def refresh_skill(source: str, rounds: int | None = None, regate_model: str | No
     c = resolve_corpus(source)
     rl = resolve_rl_questions(rl_questions) if rl_questions else None
     base = base_model()
+    # one content key (source, K, RL questions, base + recipes + seed) names the rounds' folder and the vector's
     work = Path(s.runs_dir) / (f"refresh-{c['corpus_id'][:16]}-K{k_rounds}-seed{s.seed}"
-                               + (f"-rl{rl['sha256'][:8]}" if rl else ""))
+                               + (f"-rl{rl['sha256'][:8]}" if rl else "") + f"-r{refresh_key(base)}")
 
     parts = partition_source(c, k_rounds, str(work), rl)
     records, prev = [], None
@@ -43,7 +45,10 @@ def refresh_skill(source: str, rounds: int | None = None, regate_model: str | No
         prev = refine_round(k, part, base, prev, str(work))
         records.append(prev["record"])
     vector = finalize_vector(c, records, base, str(Path(s.skills_dir) / work.name))
-    version = register_skill_vector(vector, tags={"source_corpus_id": c["corpus_id"], "rounds": str(k_rounds)})
+    run_id = record_refresh(c["corpus_id"], {"rounds": k_rounds, "seed": s.seed, "base_model": base["path"],
+                                             "rl_questions": rl["sha256"] if rl else "", **recipe_params()}, records)
+    version = register_skill_vector(vector, tags={"source_corpus_id": c["corpus_id"], "rounds": str(k_rounds)},
+                                    run_id=run_id)
 
     _publish(version, records)
     result = {"skill_vector_version": version, "path": vector["path"], "rounds": k_rounds,

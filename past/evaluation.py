@@ -38,7 +38,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Callable, Iterable
 
-from past.errors import PastError
+from past.errors import PastError, transient_api_error
 from past.judge import JUDGE_PROMPT, Judge, judge_from_settings  # noqa: F401 - the gate's judge
 from past.scoring import SCORING_RULE, is_correct, score_all
 from past.stats import paired_difference, wilson
@@ -164,13 +164,6 @@ class ItemResult:
 
 
 # --- asking an endpoint ---------------------------------------------------------------------------------
-def _retriable(e: BaseException) -> bool:
-    import openai
-
-    return isinstance(e, (openai.APIConnectionError, openai.APITimeoutError, openai.InternalServerError,
-                          openai.RateLimitError))
-
-
 async def _chat(client, model: str, messages: list[dict], settings, retries: int, backoff_s: float,
                 res: ItemResult) -> str | None:
     """One greedy chat turn with retries on transient errors; None (and `res.error`) when it failed."""
@@ -193,7 +186,7 @@ async def _chat(client, model: str, messages: list[dict], settings, retries: int
             return None  # greedy decoding: a well-formed but bad answer would come back the same
         except Exception as e:  # noqa: BLE001 - every failure becomes a recorded, counted item error
             res.error = f"{type(e).__name__}: {str(e)[:200]}"
-            if not _retriable(e) or attempt == retries:
+            if not transient_api_error(e) or attempt == retries:
                 return None
             await asyncio.sleep(backoff_s * 2**attempt)
     return None

@@ -25,6 +25,8 @@ import threading
 import time
 from pathlib import Path
 
+from past.errors import transient_api_error
+
 JUDGE_PROMPT = (
     "You are grading an answer to a question.\n"
     "Question: {question}\nReference answer: {reference}\nProposed answer: {answer}\n"
@@ -41,13 +43,6 @@ def parse_verdict(text: str | None) -> bool | None:
     words = (text or "").strip().lower().split()
     first = words[0].strip(".,!:;\"'") if words else ""
     return {"yes": True, "no": False}.get(first)
-
-
-def _retriable(e: BaseException) -> bool:
-    import openai
-
-    return isinstance(e, (openai.APIConnectionError, openai.APITimeoutError, openai.InternalServerError,
-                          openai.RateLimitError))
 
 
 class VerdictCache:
@@ -139,7 +134,7 @@ class Judge:
                 r = self._sync.chat.completions.create(**self._request(question, answer, reference))
                 return self._done(key, _content(r))
             except Exception as e:  # noqa: BLE001 - every failure is a missing verdict; transport ones are retried
-                if not _retriable(e) or attempt == self.retries:
+                if not transient_api_error(e) or attempt == self.retries:
                     break
                 time.sleep(self.backoff_s * 2**attempt)
         self._count("failures")
@@ -166,7 +161,7 @@ class Judge:
                 r = await client.chat.completions.create(**self._request(question, answer, reference))
                 return self._done(key, _content(r))
             except Exception as e:  # noqa: BLE001
-                if not _retriable(e) or attempt == self.retries:
+                if not transient_api_error(e) or attempt == self.retries:
                     break
                 await asyncio.sleep(self.backoff_s * 2**attempt)
         self._count("failures")

@@ -34,6 +34,10 @@ class Event:
             raise ValueError(f"unknown notification kind {self.kind!r}; expected one of {KINDS}")
 
 
+def mlflow_run_url(ui_url: str, experiment_id: str, run_id: str) -> str:
+    return f"{ui_url.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}" if ui_url and run_id else ""
+
+
 def mlflow_version_url(ui_url: str, model_name: str, version: str) -> str:
     return f"{ui_url.rstrip('/')}/#/models/{model_name}/versions/{version}" if ui_url and version else ""
 

@@ -24,6 +24,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from past.corpus import Document, QAPair, qa_id
+from past.errors import transient_api_error
 from past.serving import Endpoint
 
 PROMPT_VERSION = "qa-v1"  # bump whenever PROMPT changes: it is part of the cache key
@@ -158,8 +159,6 @@ def _ask(client, endpoint: Endpoint, prompt: str, cfg: QAGenConfig, limiter: Rat
          stats: QAGenStats) -> str | None:
     import openai
 
-    transient = (openai.APIConnectionError, openai.APITimeoutError, openai.RateLimitError,
-                 openai.InternalServerError)
     for attempt in range(cfg.retries + 1):
         limiter.wait()
         stats.requests += 1
@@ -169,13 +168,11 @@ def _ask(client, endpoint: Endpoint, prompt: str, cfg: QAGenConfig, limiter: Rat
                 temperature=cfg.temperature, max_tokens=cfg.max_tokens,
             )
             return (r.choices[0].message.content or "") if r.choices else ""
-        except transient:
-            if attempt == cfg.retries:
+        except openai.OpenAIError as e:
+            if not transient_api_error(e) or attempt == cfg.retries:  # a 4xx other than 429 will not heal
                 return None
             stats.retries += 1
             time.sleep(cfg.backoff_s * 2**attempt)
-        except openai.APIStatusError:  # 4xx other than 429: retrying will not help
-            return None
     return None
 
 

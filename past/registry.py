@@ -34,7 +34,9 @@ from typing import Any, Iterator
 from past.errors import PastError
 
 EXPERIMENT = "past-adapt"
+REFRESH_EXPERIMENT = "past-refresh"
 CHAMPION = "champion"
+CHALLENGER = "challenger"
 CURRENT = "current"
 SKILL_MODEL = "past-skill-vector"
 HISTORY_TAG = "champion_history"
@@ -76,15 +78,21 @@ def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, str]:
     return out
 
 
+VECTOR_MANIFEST = "skill.json"  # = past.skill.MANIFEST, not imported here: past.skill loads torch
+
+
 def folder_sha256(path: Path) -> str:
-    """sha256 of a model folder's checksum manifest (which lists every file's sha256), or of a single file."""
+    """sha256 of a folder's checksum manifest (a model's past-model.json or a skill vector's skill.json, each
+    listing every file's sha256), or of a single file. Hashing the manifest, not the gigabytes it lists, is
+    what keeps an adapt from reading the whole vector three times (the shards are verified during inject)."""
     from past.models import MANIFEST, sha256_file
 
     path = Path(path)
     if path.is_file():
         return sha256_file(path)
-    if (path / MANIFEST).is_file():
-        return sha256_file(path / MANIFEST)
+    for name in (MANIFEST, VECTOR_MANIFEST):
+        if (path / name).is_file():
+            return sha256_file(path / name)
     h = hashlib.sha256()  # no manifest: hash of the (relative path, file hash) list
     for p in sorted(q for q in path.rglob("*") if q.is_file()):
         h.update(f"{p.relative_to(path).as_posix()}\0{sha256_file(p)}\n".encode())
@@ -150,6 +158,43 @@ class Registry:
         ms = [Metric(k, float(v), ts, step) for k, v in metrics.items() if v is not None]
         if ms:
             self.client.log_batch(run_id, metrics=ms)
+
+    def log_curves(self, run_id: str, curves: dict[str, list[float]]) -> None:
+        """Training curves as step metrics (step = the trainer's logged step index), so the UI draws them."""
+        from mlflow.entities import Metric
+
+        ts = int(time.time() * 1000)
+        ms = [Metric(k, float(v), ts, i) for k, vs in curves.items() for i, v in enumerate(vs or [])
+              if v is not None and v == v]  # NaN-free
+        for i in range(0, len(ms), 1000):  # MLflow's batch limit
+            self.client.log_batch(run_id, metrics=ms[i:i + 1000])
+
+    def record_refresh(self, source_corpus_id: str, params: dict[str, Any], records: list[dict]) -> str:
+        """One MLflow run per skill refresh (experiment `past-refresh`) with one nested run per round: its
+        partition, GRPO reward curves as step metrics, the learning gate, the orthogonality figures and the
+        per-layer cosine plot. Returns the parent run id (the skill vector's version links to it)."""
+        parent = self.start_run(source_corpus_id, params, run_name=f"refresh-{source_corpus_id[:16]}",
+                                experiment=REFRESH_EXPERIMENT)
+        for r in records:
+            g, o = r["grpo"], (r["orthogonality"].get("summary") or {})
+            child = self.client.create_run(self.experiment_id(REFRESH_EXPERIMENT), run_name=f"round-{r['round']}",
+                                           tags={"mlflow.parentRunId": parent, "corpus_id": source_corpus_id,
+                                                 "partition": r["partition"],
+                                                 "learning_gate": "passed" if g["learning"].get("passed") else "failed",
+                                                 "learning_reason": str(g["learning"].get("reason", ""))[:4900]})
+            cid = child.info.run_id
+            self.log_curves(cid, {"grpo_reward": g["reward_curve"], "grpo_reward_std": g["reward_std_curve"],
+                                  **{f"grpo_{k}": v for k, v in (g.get("per_reward_curves") or {}).items()}})
+            self.log_metrics(cid, {**{f"orthogonality_{k}": v for k, v in o.items() if isinstance(v, (int, float))},
+                                   "grpo_steps": g["steps"], "wall_s": r["wall_s"],
+                                   **{f"phase_{k}": v for k, v in (r.get("phases") or {}).items()}})
+            plot = Path(r["orthogonality"].get("report_dir", "")) / "cosine.png"
+            if plot.is_file():
+                self.client.log_artifact(cid, str(plot), "orthogonality")
+            self.end_run(cid)
+        self.log_metrics(parent, {"rounds": len(records)})
+        self.end_run(parent)
+        return parent
 
     def log_artifacts(self, run_id: str, paths: list[str | Path], artifact_path: str = "reports") -> None:
         for p in map(Path, paths):
@@ -240,9 +285,28 @@ class Registry:
                      "eval_hash": d.eval_hash, "compared_with": d.compared_with or "none"}.items():
             self.client.set_model_version_tag(name, version, k, v)
 
+    def write_card(self, name: str, version: str, run_id: str | None, report) -> Path:
+        """The version's model card (past.model_card) into its folder, beside the weights and outside their
+        checksum manifest, and onto its run as `model-card/README.md`."""
+        from past.corpus import atomic_write
+        from past.model_card import CARD, render
+
+        mv = self.version(name, version)
+        params = self.client.get_run(run_id).data.params if run_id else {}
+        text = render(name, str(version), dict(mv.tags), dict(params), report.to_dict()["decision"])
+        path = source_path(mv.source) / CARD
+        atomic_write(path, text)
+        if run_id:
+            self.client.log_text(run_id, text, "model-card/README.md")
+        return path
+
     def conclude(self, name: str, version: str, run_id: str | None, report) -> Outcome:
-        """Record the gate, then promote on a pass (compare-and-set on the champion it was compared with)."""
+        """Record the gate and the model card, then promote on a pass (compare-and-set on the champion it was
+        compared with)."""
         self.record_gate(name, version, run_id, report)
+        self.write_card(name, version, run_id, report)
+        with self._locked():  # the latest gated candidate, whatever its verdict (MLflow's champion/challenger)
+            self.client.set_registered_model_alias(name, CHALLENGER, str(version))
         if not report.decision.passed:
             self.reject(name, version, report.decision.reason)
             return Outcome(version, False, report.decision.reason)

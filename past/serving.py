@@ -81,9 +81,13 @@ class VLLMServer:
         log_path: str | Path | None = None,
         extra_args: Sequence[str] = (),
         host: str = "127.0.0.1",
+        aliases: Sequence[str] = (),
+        env: dict[str, str] | None = None,
     ) -> None:
         self.model_dir = Path(model_dir).resolve()
         self.served_name = served_name
+        self.aliases = list(aliases)  # more names the same model answers to (e.g. name and name/version)
+        self.extra_env = dict(env or {})
         self.python = Path(python)
         self.max_model_len = max_model_len
         self.startup_timeout_s = startup_timeout_s
@@ -99,7 +103,7 @@ class VLLMServer:
         return [
             str(self.python), "-m", "vllm.entrypoints.openai.api_server",
             "--model", str(self.model_dir),
-            "--served-model-name", self.served_name,
+            "--served-model-name", self.served_name, *self.aliases,
             "--host", self.host, "--port", str(port),
             "--max-model-len", str(self.max_model_len),
             "--enforce-eager",
@@ -124,6 +128,7 @@ class VLLMServer:
             "VLLM_NO_USAGE_STATS": "1",
             "DO_NOT_TRACK": "1",
         })
+        env.update(self.extra_env)
         if self.log_path is None:
             self.log_path = self.model_dir.parent / f".vllm-{self.port}.log"
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -228,10 +233,25 @@ class _External:
     def __enter__(self) -> Endpoint:
         if not health_ok(self.endpoint.base_url):
             raise ServingError(f"endpoint {self.endpoint.base_url} is not healthy (GET /health failed)")
+        names = served_models(self.endpoint)
+        if names is not None and self.endpoint.model not in names:  # say so before the first question
+            raise ServingError(f"endpoint {self.endpoint.base_url} does not serve model {self.endpoint.model!r}; "
+                               f"it serves {sorted(names)}")
         return self.endpoint
 
     def __exit__(self, *exc: object) -> None:
         pass
+
+
+def served_models(endpoint: Endpoint, timeout: float = 10.0) -> set[str] | None:
+    """The model names `GET /v1/models` lists, or None when the endpoint does not implement the listing."""
+    from openai import NotFoundError, OpenAI
+
+    client = OpenAI(base_url=endpoint.base_url, api_key=endpoint.api_key, timeout=timeout, max_retries=2)
+    try:
+        return {m.id for m in client.models.list().data}
+    except NotFoundError:
+        return None
 
 
 def ask(endpoint: Endpoint, question: str, max_tokens: int = 64, timeout: float = 60.0) -> str:

@@ -28,7 +28,6 @@ command again resumes the unfinished stage from its last *complete* checkpoint (
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import logging
@@ -39,6 +38,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from past.fields import opt as _f
+from past.keys import content_key
 from past.corpus import Corpus, QAPair, load_corpus, write_splits
 from past.errors import PastError
 from past.models import MANIFEST, model_id, publish_dir, staging_dir, verify_model_dir, write_manifest
@@ -348,7 +348,7 @@ def _done(model_dir: Path, run_key: str) -> bool:
 
 # --- both stages ------------------------------------------------------------------------------------------
 def _key(**parts) -> str:
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return content_key(**parts)
 
 
 def run_key(corpus: Corpus, base_model: Path, recipe: SFTRecipe, qa: list[QAPair],
@@ -489,6 +489,3 @@ def run_sft(corpus_path: Path, out_dir: Path, base_model: Path, recipe: SFTRecip
     metrics.setdefault("wall_s", round(time.perf_counter() - t0, 3))
     return metrics
 
-
-def recipe_help() -> dict[str, str]:
-    return {f.name: f.metadata.get("help", "") for f in dataclasses.fields(SFTRecipe)}

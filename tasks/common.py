@@ -46,8 +46,9 @@ class StaleArtifactError(PastError):
     """A manifest points at a folder that is gone or changed since the step that made it."""
 
 
-def settings(overrides: dict | None = None) -> Settings:
-    return load_settings(**(overrides or {}))
+def settings() -> Settings:
+    """The settings every task reads (defaults < past.toml < PAST_* environment)."""
+    return load_settings()
 
 
 def artifact(path: str | Path, **extra: object) -> dict:

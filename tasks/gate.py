@@ -8,6 +8,7 @@ from pathlib import Path
 from prefect import task
 
 from past import inbox
+from past.champion_serve import prefer_served
 from past.evaluation import Champion, build_eval_set, load_eval_items, run_gate
 from past.registry import Registry
 from tasks.common import ACCELERATOR_TAG, require, retry_transient, settings
@@ -65,7 +66,7 @@ def serve_and_gate(candidate: dict, corpus_id: str, model_name: str, served_name
     s = settings()
     new = load_eval_items(evalset_path(s.home, corpus_id), kind="new")
     items = build_eval_set(new, retention_items(s.home, model_name, corpus_id, s.gate_retention_items, s.seed))
-    champion = Registry(s).champion_ref(model_name)
+    champion = prefer_served(Registry(s).champion_ref(model_name), s.home, model_name)  # a `past serve` answers
     if champion is None and s.gate_base_as_champion and not s.serve_url:  # an external endpoint serves no base
         champion = base_as_champion(s)
     report = run_gate(require(candidate), items, s, served_name=served_name, champion=champion,

@@ -18,11 +18,14 @@ def open_adaptation_run(corpus_id: str, model_name: str, params: dict) -> str:
 
 
 @task(retries=2, retry_condition_fn=retry_transient, retry_delay_seconds=5)
-def log_to_run(run_id: str, metrics: dict[str, float] | None = None, files: list[str] | None = None) -> None:
-    """Metrics and report files onto the adaptation's run."""
+def log_to_run(run_id: str, metrics: dict[str, float] | None = None, files: list[str] | None = None,
+               curves: dict[str, list[float]] | None = None) -> None:
+    """Metrics, training curves (as step metrics) and report files onto the adaptation's run."""
     reg = Registry(settings())
     if metrics:
         reg.log_metrics(run_id, metrics)
+    if curves:
+        reg.log_curves(run_id, curves)
     if files:
         reg.log_artifacts(run_id, files)
 
@@ -42,6 +45,22 @@ def conclude(model_name: str, version: str, run_id: str, gate: dict) -> dict:
     outcome = reg.conclude(model_name, version, run_id, GateReport.read(gate["report"]))
     reg.end_run(run_id, "FINISHED")
     return {"version": outcome.version, "promoted": outcome.promoted, "reason": outcome.reason}
+
+
+@task(cache_policy=CACHED, persist_result=True, retries=2, retry_condition_fn=retry_transient, retry_delay_seconds=5)
+def record_refresh(source_corpus_id: str, params: dict, records: list[dict]) -> str:
+    """The refresh's MLflow run, one nested run per round (reward curves, orthogonality, cosine plot)."""
+    return Registry(settings()).record_refresh(source_corpus_id, params, records)
+
+
+def mlflow_links(model_name: str, version: str, run_id: str) -> dict[str, str]:
+    """MLflow UI links to the adaptation's run and model version (for Prefect artifacts)."""
+    from past.notify import mlflow_run_url, mlflow_version_url
+
+    s = settings()
+    exp = Registry(s).client.get_run(run_id).info.experiment_id
+    return {"run": mlflow_run_url(s.mlflow_ui_url, exp, run_id),
+            "version": mlflow_version_url(s.mlflow_ui_url, model_name, version)}
 
 
 def fail_run(run_id: str, error: BaseException) -> None:

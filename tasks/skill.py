@@ -1,4 +1,4 @@
-"""Skill-vector tasks: find the current vector, inject it into a fresh SFT model, extract and register."""
+"""Skill-vector tasks: find the current vector, inject it into a fresh SFT model, register a new one."""
 
 from __future__ import annotations
 
@@ -38,16 +38,7 @@ def inject_skill(sft: dict, vector: dict, lam: float, out_dir: str) -> dict:
     return artifact(out, lam=lam, vector=vector["version"])
 
 
-@task(cache_policy=CACHED, persist_result=True)
-def extract_skill(rl: dict, sft: dict, out_dir: str, lineage: dict | None = None) -> dict:
-    """v = θ_rl − θ_sft into a skill-vector folder with its manifest (and lineage)."""
-    out = Path(out_dir)
-    shutil.rmtree(out, ignore_errors=True)
-    skill.extract(require(rl), require(sft), out, lineage=lineage, progress=False)
-    return artifact(out)
-
-
 @task(cache_policy=CACHED, persist_result=True, retries=2, retry_condition_fn=retry_transient, retry_delay_seconds=5)
-def register_skill_vector(vector: dict, tags: dict[str, str] | None = None) -> str:
+def register_skill_vector(vector: dict, tags: dict[str, str] | None = None, run_id: str | None = None) -> str:
     """A new version of the skill-vector model in MLflow, alias `current` (the same vector registers once)."""
-    return Registry(settings()).register_skill_vector(require(vector), tags=tags)
+    return Registry(settings()).register_skill_vector(require(vector), run_id=run_id, tags=tags)

@@ -10,6 +10,7 @@ from pathlib import Path
 from prefect import task
 
 from past.grpo import GRPORecipe
+from past.keys import content_key
 from past.corpus import atomic_write, load_corpus, read_qa_jsonl
 from past.evaluation import select_new_items
 from past.models import resolve_model
@@ -23,6 +24,28 @@ from tasks.gate import evalset_path, tool_spec_path
 
 def sft_recipe() -> SFTRecipe:
     return SFTRecipe.from_settings(settings())
+
+
+TEACHER_FIELDS = ("teacher", "teacher_min_qa", "teacher_n_qa", "teacher_n_implications", "teacher_base_url",
+                  "teacher_model")
+JUDGE_FIELDS = ("judge_base_url", "judge_model")
+
+
+def candidate_key(base: dict) -> str:
+    """What else makes a candidate besides corpus, skill vector and λ: the base model's content, the SFT recipe
+    and the teacher settings. Part of the adapt transaction and work folder: a changed recipe is a new
+    candidate in a new folder; an unchanged re-run finds the old one."""
+    s = settings()
+    return content_key(12, base=base["sha256"], sft=sft_recipe().key(),
+                       teacher={f: getattr(s, f) for f in TEACHER_FIELDS})
+
+
+def refresh_key(base: dict) -> str:
+    """The skill refresh's recipe part: base model content, SFT and GRPO recipes, the judge, the seed."""
+    s = settings()
+    grpo = {k: v for k, v in dataclasses.asdict(grpo_recipe()).items() if k != "save_steps"}
+    return content_key(12, base=base["sha256"], sft=sft_recipe().key(), grpo=grpo,
+                       judge={f: getattr(s, f) for f in JUDGE_FIELDS}, seed=s.seed)
 
 
 @task(cache_policy=CACHED, persist_result=True, retries=1, retry_condition_fn=retry_transient, retry_delay_seconds=5)
@@ -62,8 +85,10 @@ def sft_qa(corpus: dict, stage1: dict, base: dict, work_dir: str, out_dir: str, 
     check = (r["metrics"].get("qa") or {}).get("train_recall")
     if check and check.get("n"):
         flat |= {"train_recall": check["accuracy"], "train_recall_lower": check["lower"]}
+    curves = {f"sft_{stage}_loss": list((r["metrics"].get(stage) or {}).get("loss_curve") or [])
+              for stage in ("memorize", "qa")}
     return artifact(out_dir, metrics=flat, recipe=dataclasses.asdict(recipe), eval_split=str(keep),
-                    eval_source=source, eval_items=len(rows), training_check=check)
+                    eval_source=source, eval_items=len(rows), training_check=check, curves=curves)
 
 
 @task(cache_policy=CACHED, persist_result=True, tags=[ACCELERATOR_TAG])
@@ -82,6 +107,11 @@ def grpo_recipe() -> GRPORecipe:
                       max_completion_length=s.grpo_max_completion_length, seed=s.seed)
 
 
+def recipe_params() -> dict:
+    """The SFT and GRPO recipes a refresh runs with, as MLflow params (dotted: sft.lr, grpo.max_steps, ...)."""
+    return {"sft": dataclasses.asdict(sft_recipe()), "grpo": dataclasses.asdict(grpo_recipe())}
+
+
 @task(cache_policy=CACHED, persist_result=True)
 def partition_source(corpus: dict, k: int, work_dir: str, rl_questions: dict | None = None) -> list[str]:
     """K disjoint partitions of the source corpus (and of its RL questions), by document (seeded)."""
@@ -97,10 +127,16 @@ def partition_source(corpus: dict, k: int, work_dir: str, rl_questions: dict | N
 def finalize_vector(corpus: dict, records: list[dict], base: dict, out_dir: str) -> dict:
     """Ship v_K: extract it once more into its permanent folder, with the full lineage in its manifest."""
     from past.refine import lineage
-    from past.skill import extract
+    from past.skill import SkillError, extract, read_vector, verify_vector
 
     out = Path(out_dir)
-    shutil.rmtree(out, ignore_errors=True)
+    if out.exists():  # the folder's name is this refresh's content key: a complete one is this very vector
+        try:
+            manifest, _ = read_vector(out)
+            verify_vector(out, manifest)
+            return artifact(out)  # possibly registered already: never rewritten
+        except SkillError:
+            shutil.rmtree(out)  # half-written by a crashed attempt (never registered: registration follows this)
     last = records[-1]
     extract(Path(last["rl"]), Path(last["sft_dir"]), out, progress=False,
             lineage=lineage(corpus["corpus_id"], records, require(base), sft_recipe(), grpo_recipe(), settings().seed))

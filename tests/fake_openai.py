@@ -1,6 +1,7 @@
 """A stdlib OpenAI-compatible chat server on 127.0.0.1 for plumbing tests (never a stand-in for vLLM in the
 main path: the real-server tests use vLLM). `answer(question) -> str` decides what it says; `delay_s` makes
-every chat request wait that long first (a slow endpoint, for timeout tests)."""
+every chat request wait that long first (a slow endpoint, for timeout tests). `models`: the names it serves,
+listed at /v1/models, any other name answered 404 as vLLM does; None = any name, and no listing (404)."""
 
 from __future__ import annotations
 
@@ -14,8 +15,9 @@ from past.serving import free_port
 
 
 class FakeOpenAI:
-    def __init__(self, answer: Callable[[str], str] = lambda q: "I do not know.", delay_s: float = 0.0) -> None:
-        self.answer, self.delay_s, self.requests = answer, delay_s, 0
+    def __init__(self, answer: Callable[[str], str] = lambda q: "I do not know.", delay_s: float = 0.0,
+                 models: tuple[str, ...] | None = None) -> None:
+        self.answer, self.delay_s, self.requests, self.models = answer, delay_s, 0, models
         self.prompts: list[str] = []
         fake = self
 
@@ -35,12 +37,15 @@ class FakeOpenAI:
                     pass
 
             def do_GET(self):
-                if self.path.rstrip("/").endswith("/models"):
-                    return self._send(200, {"object": "list", "data": [{"id": "fake", "object": "model"}]})
+                if self.path.rstrip("/").endswith("/models") and fake.models is not None:
+                    return self._send(200, {"object": "list", "data": [{"id": m, "object": "model"} for m in fake.models]})
                 self._send(200 if self.path == "/health" else 404, {})
 
             def do_POST(self):
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                if fake.models is not None and body.get("model") not in fake.models:
+                    return self._send(404, {"error": {"message": f"The model `{body.get('model')}` does not exist.",
+                                                      "type": "NotFoundError", "code": 404}})
                 fake.requests += 1
                 fake.prompts.append(body["messages"][-1]["content"])
                 if fake.delay_s:

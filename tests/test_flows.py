@@ -17,7 +17,7 @@ from prefect.testing.utilities import prefect_test_harness
 
 from past.config import load_settings
 from past.inbox import read_ledger
-from past.registry import Registry
+from past.registry import Registry, folder_sha256
 from past.skill import extract
 from tests.fake_openai import FakeOpenAI
 from tests.test_notify import Receiver
@@ -83,8 +83,18 @@ def test_adapt_end_to_end_real_vllm_and_mlflow(harness, env, vector, serve_pytho
     assert mv.tags["compared_with"].startswith("base:") and "champion_general_accuracy" in out["gate"]
     run = reg.client.get_run(out["mlflow_run_id"])
     assert run.data.params["skill_vector_version"] == vversion and "sft_qa_loss_last" in run.data.metrics
+    for stage in ("memorize", "qa"):  # training curves as step metrics: the MLflow UI draws them
+        hist = reg.client.get_metric_history(run.info.run_id, f"sft_{stage}_loss")
+        assert len(hist) > 1 and [m.step for m in hist] == list(range(len(hist)))
     assert read_ledger(s.home, out["corpus_id"])["status"] == "promoted"
     assert (Path(out["candidate"]) / "past-model.json").exists()
+    card = (Path(out["candidate"]) / "README.md").read_text()  # the model card, with the gate's numbers
+    assert f"| {out['gate']['candidate_new_accuracy']:.3f} |" in card and f"| skill vector | {vversion} |" in card
+    assert reg.alias("support-bot", "challenger").version == 1
+    from prefect.artifacts import Artifact
+
+    link = Artifact.get(f"adapt-support-bot-{out['corpus_id'][:12]}-mlflow")
+    assert link is not None and link.data.endswith("/#/models/support-bot/versions/1")
     assert not vllm_processes(), "the candidate's vLLM server is shut down"
 
     t1 = time.monotonic()
@@ -133,6 +143,36 @@ def test_adapt_crash_then_rerun_continues_from_cached_steps(harness, env, vector
     assert last["past"] == {"kind": "promoted", "model_name": "support-bot", "version": out["version"],
                             "corpus": "corpus", "corpus_id": cid}
     assert f"#/models/support-bot/versions/{out['version']}" in last["text"]
+
+
+def test_changed_sft_recipe_is_a_new_candidate_after_a_crash_and_after_a_success(harness, env, vector, monkeypatch,
+                                                                                tmp_path) -> None:
+    """One content key per candidate: the recipe is part of it, so a changed recipe never collides with the
+    folders of an earlier (crashed or finished) run, and an unchanged re-run is still a no-op."""
+    import tasks.gate
+    from flows.adapt import adapt
+    from past.registry import source_path
+
+    real_gate = tasks.gate.run_gate
+    monkeypatch.setattr(tasks.gate, "run_gate", lambda *a, **kw: (_ for _ in ()).throw(RuntimeError("power cut")))
+    corpus = write_corpus(tmp_path / "corpus", "wimble")
+    with FakeOpenAI() as fake:
+        monkeypatch.setenv("PAST_SERVE_URL", fake.url)
+        with pytest.raises(RuntimeError, match="power cut"):
+            adapt(str(corpus), skill_vector=str(vector))
+        monkeypatch.setattr(tasks.gate, "run_gate", real_gate)
+        monkeypatch.setenv("PAST_SFT_LORA_R", "4")  # changed after the crash
+        first = adapt(str(corpus), skill_vector=str(vector))
+        assert first["promoted"] is True and first["version"] == "1"
+        reg = Registry(load_settings())
+        assert reg.client.get_run(first["mlflow_run_id"]).data.params["sft_recipe.lora_r"] == "4"
+        assert adapt(str(corpus), skill_vector=str(vector)) == first  # unchanged: the recorded result
+        monkeypatch.setenv("PAST_SFT_LORA_R", "8")  # changed after a success
+        second = adapt(str(corpus), skill_vector=str(vector))
+    assert second["version"] == "2" and second["candidate"] != first["candidate"]
+    assert reg.client.get_run(second["mlflow_run_id"]).data.params["sft_recipe.lora_r"] == "8"
+    v1 = reg.version("support-bot", "1")  # the earlier version's folder is untouched
+    assert folder_sha256(source_path(v1.source)) == v1.tags["manifest_sha256"]
 
 
 def test_watch_two_corpora_at_once_then_backfill_is_idempotent(harness, env, vector, monkeypatch, tmp_path) -> None:
@@ -191,14 +231,34 @@ def test_refresh_skill_flow_registers_current_vector_with_lineage(harness, env, 
     assert version == out["skill_vector_version"] and path == Path(out["path"])
     manifest, _ = read_vector(path)
     assert manifest["lineage"]["rounds"] == 2 and len(manifest["lineage"]["partitions"]) == 2
+    # the refresh is an MLflow run with one nested run per round: reward curves, gate, cosine plot
+    mv = reg.client.get_model_version("past-skill-vector", version)
+    parent = reg.client.get_run(mv.run_id)
+    assert parent.data.params["grpo.max_steps"] == "2" and parent.data.params["rounds"] == "2"
+    rounds = reg.client.search_runs([parent.info.experiment_id],
+                                    f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    assert sorted(r.info.run_name for r in rounds) == ["round-1", "round-2"]
+    for r in rounds:
+        assert len(reg.client.get_metric_history(r.info.run_id, "grpo_reward")) == 2
+        assert r.data.tags["learning_gate"] in ("passed", "failed") and "orthogonality_mean_abs_layer_cosine" in r.data.metrics
+        assert [a.path for a in reg.client.list_artifacts(r.info.run_id, "orthogonality")] == ["orthogonality/cosine.png"]
     again = refresh_skill(str(source), rounds=2)  # cached: nothing retrained, nothing registered twice
     assert again["path"] == out["path"] and again["skill_vector_version"] == out["skill_vector_version"]
     assert len(reg.client.search_model_versions("name='past-skill-vector'")) == 1
+    assert len(reg.client.search_runs([parent.info.experiment_id], "attributes.run_name LIKE 'refresh-%'")) == 1
+    # a changed GRPO budget is a new vector in a new folder; the registered one is untouched
+    sha1 = folder_sha256(path)
+    monkeypatch.setenv("PAST_GRPO_MAX_STEPS", "3")
+    changed = refresh_skill(str(source), rounds=2)
+    assert changed["skill_vector_version"] != version and Path(changed["path"]) != path
+    assert read_vector(Path(changed["path"]))[0]["lineage"]["grpo_config"]["max_steps"] == 3
+    assert manifest["lineage"]["grpo_config"]["max_steps"] == 2 and folder_sha256(path) == sha1
+    assert reg.current_skill_vector()[0] == changed["skill_vector_version"]
     bad = tmp_path / "rl.jsonl"
     bad.write_text('{"question": "How much?", "answer": "10 credits", "doc_id": "d9"}\nnot json\n')
     with pytest.raises(Exception, match="rl.jsonl"):  # checked before any training; nothing registered
         refresh_skill(str(source), rounds=2, rl_questions=str(bad))
-    assert len(reg.client.search_model_versions("name='past-skill-vector'")) == 1
+    assert len(reg.client.search_model_versions("name='past-skill-vector'")) == 2
 
 
 def _shape(root: Path, shape: str) -> Path:

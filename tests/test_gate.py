@@ -31,8 +31,9 @@ class FakeOpenAI:
     mode: good (answers from `answers`), wrong, garbage (200 + non-JSON), malformed (JSON without choices),
     empty, error500, flaky (first request per question 500s), hang, judge (yes if 'word' in proposed answer)."""
 
-    def __init__(self, mode: str = "good", answers: dict[str, str] | None = None, die_after: int | None = None):
-        self.mode, self.answers, self.die_after = mode, answers or {}, die_after
+    def __init__(self, mode: str = "good", answers: dict[str, str] | None = None, die_after: int | None = None,
+                 models: tuple[str, ...] | None = None):  # models: as tests/fake_openai.py (None: any, no listing)
+        self.mode, self.answers, self.die_after, self.models = mode, answers or {}, die_after, models
         self.requests = 0
         self.in_flight = self.max_in_flight = 0
         self.seen: set[str] = set()
@@ -45,13 +46,16 @@ class FakeOpenAI:
                 pass
 
             def do_GET(self):
-                if self.path == "/v1/models":
+                if self.path == "/v1/models" and fake.models is not None:
                     return self._send(200, json.dumps({"object": "list", "data": [
-                        {"id": "fake", "object": "model", "created": 0, "owned_by": "test"}]}).encode())
+                        {"id": m, "object": "model", "created": 0, "owned_by": "test"} for m in fake.models]}).encode())
                 self._send(200, b"{}") if self.path == "/health" else self._send(404, b"{}")
 
             def do_POST(self):
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                if fake.models is not None and body.get("model") not in fake.models:
+                    return self._send(404, json.dumps({"error": {"message": "model does not exist",
+                                                                 "type": "NotFoundError", "code": 404}}).encode())
                 with fake.lock:
                     fake.requests += 1
                     n = fake.requests
@@ -266,6 +270,14 @@ def test_decide_fails_closed_on_errors_and_mismatch(settings) -> None:
 
 
 # --- the gate against a fake endpoint ---------------------------------------------------------------------------
+def test_endpoint_that_does_not_serve_the_name_is_refused_before_asking(items, settings, servers) -> None:
+    srv = servers("good", right_answers(items), models=("m/1",))
+    rep = run_gate(None, items, settings, "m/2", candidate_url=srv.url, log=lambda m: None)
+    assert not rep.decision.passed and "does not serve model 'm/2'; it serves ['m/1']" in rep.decision.reason
+    assert srv.requests == 0  # refused before the first question
+    assert run_gate(None, items, settings, "m/1", candidate_url=srv.url, log=lambda m: None).decision.passed
+
+
 def test_gate_passes_with_good_answers_and_bounded_concurrency(items, settings, servers, tmp_path) -> None:
     srv = servers("good", right_answers(items))
     rep = run_gate(None, items, settings, "m/2", candidate_url=srv.url, log=lambda m: None)
@@ -400,7 +412,8 @@ def test_cli_gate_exit_codes(qa_file, servers, tmp_path, capsys, monkeypatch) ->
     args = ["gate", "--eval", str(qa_file), "--no-general", "--out", str(tmp_path / "r")]
     assert main([*args, "--url", good.url, "--name", "m"]) == 0
     assert "PASS" in capsys.readouterr().out and (tmp_path / "r" / "gate-report.json").is_file()
-    assert main([*args, "--url", good.url, "--champion-url", bad.url, "--name", "m"]) == 0
+    listed = servers("wrong", models=("w",))  # --champion-url finds the name it serves from /v1/models
+    assert main([*args, "--url", good.url, "--champion-url", listed.url, "--name", "m"]) == 0
     assert main([*args, "--url", bad.url, "--name", "m"]) == 1
     assert "FAIL: new-corpus accuracy 0.000 (lower 95% bound 0.000, n=12) does not clear the floor" in capsys.readouterr().out
     assert main(["gate", "--eval", str(qa_file)]) == 2  # neither --model nor --url

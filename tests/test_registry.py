@@ -10,8 +10,9 @@ import pytest
 
 from past.config import load_settings
 from past.evaluation import EvalItem, GateDecision, GateReport, ItemResult, decide
-from past.models import write_manifest
-from past.registry import CHAMPION, HISTORY_TAG, PromotionConflict, Registry, RegistryError, ref, source_path
+from past.models import verify_model_dir, write_manifest
+from past.registry import (CHAMPION, HISTORY_TAG, PromotionConflict, Registry, RegistryError, folder_sha256, ref,
+                           source_path)
 
 
 @pytest.fixture(scope="module")
@@ -57,6 +58,7 @@ def test_pass_moves_champion_and_records_everything(reg: Registry, tmp_path: Pat
     run_id, v1, rep = adapt(reg, tmp_path, "pass-model", 4)
     out = reg.conclude("pass-model", v1, run_id, rep)
     assert out.promoted and reg.champion("pass-model").version == int(v1)
+    assert reg.alias("pass-model", "challenger").version == int(v1)  # the latest gated candidate
     mv = reg.version("pass-model", v1)
     assert mv.tags["gate"] == "passed" and mv.tags["corpus_id"] == "c" and mv.tags["lambda"] == "1.0"
     assert mv.tags["skill_vector_version"] == "2" and len(mv.tags["manifest_sha256"]) == 64
@@ -68,6 +70,15 @@ def test_pass_moves_champion_and_records_everything(reg: Registry, tmp_path: Pat
     assert {"gate/items.json", "gate/decision.json", "gate/gate-report.json"} <= arts
     local = Path(reg.client.download_artifacts(run_id, "gate/decision.json", str(tmp_path)))
     assert json.loads(local.read_text())["passed"] is True
+    # the model card: in the folder (outside the weights' manifest: the version's checksum is unchanged) and
+    # on the run, with the gate report's numbers
+    card = (source_path(mv.source) / "README.md").read_text()
+    assert card.startswith("---\nlibrary_name:") and 'base_model: "tiny"' in card and "**PASSED**" in card
+    m = rep.decision.metrics
+    assert f"| {m['candidate_new_accuracy']:.3f} | [{m['candidate_new_accuracy_lower']:.3f}, " in card
+    assert folder_sha256(source_path(mv.source)) == mv.tags["manifest_sha256"]
+    assert verify_model_dir(source_path(mv.source)) == []
+    assert reg.client.download_artifacts(run_id, "model-card/README.md", str(tmp_path / "c")).endswith("README.md")
     # the next passing candidate, gated against v1, replaces it
     run2, v2, rep2 = adapt(reg, tmp_path, "pass-model", 4)
     assert rep2.decision.champion_version == ref("pass-model", v1)
@@ -196,3 +207,17 @@ def test_cli_promote_rollback_history(reg: Registry, tmp_path: Path, capsys: pyt
     data = json.loads(capsys.readouterr().out.split("\n", 1)[1])
     assert data["champion_history"] == [vs[0], vs[1]]
     assert reg.alias("cli-model", CHAMPION).version == int(vs[1])
+
+
+def test_folder_sha256_hashes_the_manifest_of_models_and_skill_vectors(tmp_path: Path) -> None:
+    from past import registry, skill
+    from past.models import sha256_file
+
+    assert registry.VECTOR_MANIFEST == skill.MANIFEST
+    d = model_folder(tmp_path)
+    assert folder_sha256(d) == sha256_file(d / "past-model.json")
+    v = tmp_path / "vec"
+    v.mkdir()
+    (v / "skill.json").write_text("{}")
+    (v / "shard.safetensors").write_bytes(b"x" * 10)
+    assert folder_sha256(v) == sha256_file(v / "skill.json")

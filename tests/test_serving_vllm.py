@@ -117,7 +117,7 @@ def test_unknown_served_name_fails_closed(served) -> None:
     _, ep = served
     s = settings_for(serve_url=ep.base_url)
     rep = run_gate(None, build_eval_set(QA, include_general=False), s, "not-the-served-name", log=lambda m: None)
-    assert not rep.decision.passed and "NotFoundError" in rep.decision.reason
+    assert not rep.decision.passed and "does not serve model 'not-the-served-name'" in rep.decision.reason
 
 
 def test_server_is_shut_down_when_caller_fails_half_way(served) -> None:

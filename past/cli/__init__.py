@@ -24,6 +24,7 @@ COMMAND_MODULES = [
     "past.cli.registry",
     "past.cli.adapt",
     "past.cli.up",
+    "past.cli.serve",
     "past.cli.smoke",
 ]
 
