@@ -95,6 +95,8 @@ class Settings:
 
     # --- training budgets -------------------------------------------------------------------------
     sft_use_lora: bool = _f(True, "Two-stage SFT with LoRA (merged at the end) instead of full fine-tuning.")
+    sft_lora_r: int = _f(16, "LoRA rank of both SFT stages.")
+    sft_lora_alpha: int = _f(32, "LoRA alpha (scale = alpha / rank).")
     sft_epochs_memorize: float = _f(3.0, "Epochs of stage 1 (memorize documents).")
     sft_batch_size_memorize: int = _f(1, "Stage-1 packed blocks per optimizer step. A corpus of a few dozen blocks gets "
                                       "few steps per epoch at larger batches: on SmolLM2-135M, batch 8 left the stage-1 "
@@ -116,6 +118,8 @@ class Settings:
     grpo_rounds: int = _f(2, "K: rounds (= disjoint source partitions) of iterative skill refinement.")
     grpo_max_steps: int = _f(30, "GRPO optimizer steps per round.")
     grpo_num_generations: int = _f(4, "GRPO group size (completions per prompt).")
+    grpo_prompts_per_step: int = _f(8, "Questions per GRPO step (batch = this × group size); a round's partition "
+                                    "needs at least this many RL questions.")
     grpo_max_completion_length: int = _f(16, "Max tokens per GRPO completion.")
     seed: int = _f(0, "Seed for splits, partitions and training.")
     adapt_max_attempts: int = _f(3, "Adapt runs a corpus gets in all when its runs crash without an outcome; after "
@@ -251,6 +255,9 @@ def _validate(s: Settings) -> None:
                  "sft_replay_examples"):
         if getattr(s, name) < 0:
             raise ConfigError(f"setting {name!r} must be ≥ 0")
+    for name in ("sft_lora_r", "sft_lora_alpha", "grpo_prompts_per_step"):
+        if getattr(s, name) < 1:
+            raise ConfigError(f"setting {name!r} must be ≥ 1")
     if s.sft_split_by not in ("document", "question"):
         raise ConfigError(f"setting 'sft_split_by': {s.sft_split_by!r} is not `document` or `question`")
     if not 0.0 < s.sft_eval_fraction < 1.0:

@@ -159,6 +159,10 @@ def train_grpo(
     episodic = [r for r in recipe.rewards if r.startswith("episode")]
     if episodic and rollout_func is None:
         raise GRPOError(f"rewards {episodic} score whole tool episodes: pass a rollout_func (past.tool_rollout)")
+    if len(qa) < recipe.prompts_per_step:  # TRL's sampler then yields no batch: 0 steps, silently (seen)
+        raise GRPOError(f"{len(qa)} questions but prompts_per_step = {recipe.prompts_per_step}: every step needs "
+                        "that many distinct questions, so GRPO would train nothing; give more questions or lower "
+                        "prompts_per_step (setting grpo_prompts_per_step)")
     work = Path(work_dir) if work_dir else out_dir.parent / f".grpo-work-{out_dir.name}"
     work.mkdir(parents=True, exist_ok=True)
 
@@ -208,6 +212,9 @@ def train_grpo(
     trainer.train(resume_from_checkpoint=str(ckpt) if ckpt else None)
     wall = time.monotonic() - t0
 
+    if trainer.state.global_step < recipe.max_steps:  # never publish a model that did not get its budget
+        raise GRPOError(f"GRPO stopped after {trainer.state.global_step} of {recipe.max_steps} steps "
+                        f"({len(qa)} questions, {batch} completions a step); nothing published")
     logs = [h for h in trainer.state.log_history if "reward" in h]
     per_reward = {name: [h.get(f"rewards/{name}/mean", float("nan")) for h in logs]
                   for name in [getattr(f, "__name__", str(f)) for f in reward_funcs]}

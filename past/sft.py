@@ -90,7 +90,8 @@ class SFTRecipe:
                     epochs_qa=settings.sft_epochs_qa, lr_memorize=lr, lr_qa=lr, seed=settings.seed,
                     min_steps_qa=settings.sft_min_steps_qa, eval_fraction=settings.sft_eval_fraction,
                     replay_examples=settings.sft_replay_examples, batch_size_memorize=settings.sft_batch_size_memorize,
-                    split_by=settings.sft_split_by)
+                    split_by=settings.sft_split_by, lora_r=settings.sft_lora_r,
+                    lora_alpha=settings.sft_lora_alpha)
         base.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**base)
 

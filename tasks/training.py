@@ -104,6 +104,7 @@ def refine_round(k: int, partition: str, base: dict, prev_vector: dict | None, w
 def grpo_recipe() -> GRPORecipe:
     s = settings()
     return GRPORecipe(max_steps=s.grpo_max_steps, num_generations=s.grpo_num_generations,
+                      prompts_per_step=s.grpo_prompts_per_step,
                       max_completion_length=s.grpo_max_completion_length, seed=s.seed)
 
 

@@ -87,6 +87,7 @@ def test_grpo_resumes_from_checkpoint_after_crash(tiny_model_dir: Path, tmp_path
         (QA, GRPORecipe(rewards=("token_f1",), reward_weights=(1.0, 2.0)), "bad rewards"),
         (QA, GRPORecipe(prompts_per_step=3, num_generations=2, grad_accum=4), "grad_accum must divide"),
         (QA, GRPORecipe(lr_scheduler_type="cosine_wobble"), "unknown lr_scheduler_type"),
+        (QA[:1], GRPORecipe(prompts_per_step=2, num_generations=2), "would train nothing"),
     ],
 )
 def test_bad_grpo_input(tiny_model_dir: Path, tmp_path: Path, qa, recipe, match) -> None:
