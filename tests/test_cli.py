@@ -87,7 +87,7 @@ def test_past_adapt_runs_the_flow_on_a_docs_only_corpus(tiny_model_dir, tmp_path
         (corpus / f"d{i}.md").write_text(f"# Part {i}\nThe part {i} weighs {i + 10} kilograms.\n")
     with FakeOpenAI(lambda q: "10 kilograms") as fake:
         env = {"PAST_BASE_MODEL": str(tiny_model_dir), "PAST_SERVE_URL": fake.url, "PAST_GATE_MIN_NEW_ITEMS": "1",
-               "PAST_GATE_MIN_ACCURACY": "0", "PAST_SFT_MIN_TRAIN_RECALL": "0", "PAST_SFT_MIN_STEPS_QA": "1",
+               "PAST_GATE_MIN_ACCURACY": "0", "PAST_SFT_MIN_TRAIN_RECALL": "0", "PAST_SFT_MIN_STEPS_QA": "1", "PAST_SFT_REPLAY_EXAMPLES": "2",
                "PAST_SFT_EPOCHS_MEMORIZE": "1", "PAST_SFT_EPOCHS_QA": "1", "PAST_GATE_MAX_TOKENS": "8",
                "PREFECT_HOME": str(tmp_path / "prefect")}
         r = past("adapt", str(corpus), "--model-name", "cli-bot", env=env, timeout=600)

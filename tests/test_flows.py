@@ -45,7 +45,10 @@ def env(monkeypatch, tiny_model_dir: Path) -> None:
     for k, v in {"PAST_BASE_MODEL": str(tiny_model_dir), "PAST_GATE_MIN_ACCURACY": "0",
                  "PAST_GATE_RETENTION_TOLERANCE": "1", "PAST_SFT_EPOCHS_MEMORIZE": "1", "PAST_SFT_EPOCHS_QA": "1",
                  "PAST_GATE_MAX_TOKENS": "8", "PAST_GATE_MIN_NEW_ITEMS": "1", "PAST_GATE_MARGIN": "-1",
-                 "PAST_SFT_MIN_TRAIN_RECALL": "0", "PAST_SFT_MIN_STEPS_QA": "2"}.items():
+                 "PAST_SFT_MIN_TRAIN_RECALL": "0", "PAST_SFT_MIN_STEPS_QA": "2",
+                 # rehearsal stays in the path, small: 48 base-model answers per tiny SFT cost minutes per suite
+                 # (rehearsal itself is tested in tests/test_replay.py)
+                 "PAST_SFT_REPLAY_EXAMPLES": "2"}.items():
         monkeypatch.setenv(k, v)
 
 
