@@ -348,14 +348,10 @@ def _done(model_dir: Path, run_key: str) -> bool:
 
 
 # --- both stages ------------------------------------------------------------------------------------------
-def _key(**parts) -> str:
-    return content_key(**parts)
-
-
 def run_key(corpus: Corpus, base_model: Path, recipe: SFTRecipe, qa: list[QAPair],
             implications: dict[str, list[str]] | None) -> str:
     """What makes two runs "the same command": corpus, base model, recipe, QA and implications."""
-    return _key(corpus=corpus.id, base=model_id(base_model), recipe=recipe.key(), qa=sorted(p.id for p in qa),
+    return content_key(corpus=corpus.id, base=model_id(base_model), recipe=recipe.key(), qa=sorted(p.id for p in qa),
                 impl=implications or {})
 
 
@@ -381,7 +377,7 @@ def run_memorize(corpus_path: Path, base_model: Path, recipe: SFTRecipe, work_di
                  implications: dict[str, list[str]] | None = None, progress: bool = True) -> dict:
     """Stage 1 alone -> {"model": <work>/stage1/model, "metrics", "run_key"}; skipped if already done."""
     corpus = load_corpus(corpus_path)
-    key = _key(stage="memorize", corpus=corpus.id, base=model_id(base_model), recipe=recipe.memorize_key(),
+    key = content_key(stage="memorize", corpus=corpus.id, base=model_id(base_model), recipe=recipe.memorize_key(),
                impl=implications or {})
     s1 = Path(work_dir) / "stage1"
     if _done(s1 / "model", key):
@@ -417,7 +413,7 @@ def run_qa(corpus_path: Path, stage1_model: Path, base_model: Path, recipe: SFTR
               "train_split": work / "splits" / "train.jsonl"}
     train_ids = {json.loads(line)["id"] for line in result["train_split"].read_text().splitlines()}
     train_qa = [p for p in qa if p.id in train_ids]
-    key = _key(stage="qa", corpus=corpus.id, start=model_id(stage1_model), recipe=recipe.key(),
+    key = content_key(stage="qa", corpus=corpus.id, start=model_id(stage1_model), recipe=recipe.key(),
                qa=sorted(p.id for p in qa))
     if _done(out_dir, key):
         return result | {"metrics": json.loads((out_dir / MANIFEST).read_text())["metrics"], "run_key": key}
