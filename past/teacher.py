@@ -148,6 +148,12 @@ def teacher_key(settings, cfg: QAGenConfig) -> dict:
             "temperature": cfg.temperature, "max_tokens": cfg.max_tokens}
 
 
+def corpus_teacher_key(settings) -> dict:
+    """What `teach_corpus` returns depends on, besides the corpus: whether the teacher runs, and its key."""
+    cfg = QAGenConfig(n_qa=settings.teacher_n_qa, n_implications=settings.teacher_n_implications)
+    return {"min_qa": settings.teacher_min_qa, **teacher_key(settings, cfg)}
+
+
 def run_teacher(settings, documents: list[Document], cfg: QAGenConfig, progress: bool = False) -> tuple[QAGenResult, dict]:
     """Generate with the configured teacher. Returns (result, record of kind, model, seconds, stats)."""
     from dataclasses import asdict

@@ -5,25 +5,17 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
-import json
 import logging
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 from filelock import FileLock
-from prefect.cache_policies import INPUTS, TASK_SOURCE, CacheKeyFnPolicy
+from prefect.cache_policies import INPUTS, TASK_SOURCE, CacheKeyFnPolicy, CachePolicy
 
 from past.config import Settings, load_settings
 from past.errors import PastError
+from past.keys import content_key
 from past.registry import folder_sha256
-
-
-
-def _settings_key(task_ctx, inputs) -> str:
-    """Settings are inputs too (recipe, base model, home, stores): any change means a different step."""
-    s = load_settings()
-    values = {f.name: str(getattr(s, f.name)) for f in dataclasses.fields(s)} | {"home": home_tag(s)}
-    return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()
 
 
 def home_tag(s: Settings | None = None) -> str:
@@ -37,8 +29,26 @@ def home_tag(s: Settings | None = None) -> str:
 # WARNING and a 20-minute SFT stage shows nothing in the run log (seen under `past up`).
 logging.getLogger("past").setLevel(logging.INFO)
 
-# A re-run with the same inputs, code and settings skips the step (its recorded manifest is returned).
-CACHED = INPUTS + TASK_SOURCE + CacheKeyFnPolicy(cache_key_fn=_settings_key)
+_SETTINGS_FIELDS = frozenset(f.name for f in dataclasses.fields(Settings))
+REGISTRY_FIELDS = ("mlflow_tracking_uri",)  # the store a registry task writes to (empty = the home's SQLite)
+
+
+def cached(*fields: str, recipe: Callable[[], object] | None = None) -> CachePolicy:
+    """Cache policy of one task: its inputs, its source, the home folder, and only the settings that change its
+    result (named `fields`, plus what `recipe()` returns). A re-run with the same of those skips the step and
+    returns its recorded manifest; an unrelated setting (a gate timeout) does not invalidate a finished SFT."""
+    unknown = [f for f in fields if f not in _SETTINGS_FIELDS]
+    if unknown:  # a typo here would silently leave a setting out of the key
+        raise ValueError(f"cached(): no such setting(s) {unknown}")
+
+    def key(task_ctx, inputs) -> str:
+        s = load_settings()
+        return content_key(64, home=home_tag(s), settings={f: getattr(s, f) for f in fields},
+                           recipe=recipe() if recipe else None)
+
+    return INPUTS + TASK_SOURCE + CacheKeyFnPolicy(cache_key_fn=key)
+
+
 ACCELERATOR_TAG = "accelerator"  # `past up` puts a concurrency limit of 1 on this tag
 
 

@@ -9,7 +9,8 @@ from prefect import task
 from past import inbox
 from past.corpus import CorpusError, load_corpus, read_qa_jsonl, validate
 from past.models import sha256_file
-from tasks.common import CACHED, retry_transient, settings
+from past.teacher import corpus_teacher_key
+from tasks.common import cached, retry_transient, settings
 
 
 @task(retries=2, retry_condition_fn=retry_transient, retry_delay_seconds=5)
@@ -40,7 +41,7 @@ def resolve_corpus(corpus: str) -> dict:
             "qa": len(c.qa)}
 
 
-@task(cache_policy=CACHED, persist_result=True)
+@task(cache_policy=cached(recipe=lambda: corpus_teacher_key(settings())), persist_result=True)
 def teacher_qa(corpus: dict) -> dict:
     """Teacher QA + implications when the corpus ships fewer than `teacher_min_qa` pairs (cached by content)."""
     from past.teacher import teach_corpus, teacher_metrics

@@ -11,7 +11,7 @@ from prefect import task
 from past.inbox import READY_MARKER
 from past.registry import Registry
 from past.synthetic import make_domains, write_corpus
-from tasks.common import ACCELERATOR_TAG, CACHED, settings
+from tasks.common import ACCELERATOR_TAG, cached, settings
 from tasks.gate import evalset_path
 
 
@@ -47,7 +47,7 @@ def drop_into_inbox(corpus_dir: str, name: str) -> str:
     return str(final)
 
 
-@task(cache_policy=CACHED, persist_result=True, tags=[ACCELERATOR_TAG])
+@task(cache_policy=cached(), persist_result=True, tags=[ACCELERATOR_TAG])
 def compare_on_new_corpus(corpus_id: str, models: dict[str, str]) -> dict[str, dict]:
     """Closed-book recall of each model on the gate's new-corpus items (transformers, in-process)."""
     from past.corpus import read_qa_jsonl

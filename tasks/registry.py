@@ -8,10 +8,10 @@ from prefect import task
 
 from past.evaluation import GateReport
 from past.registry import Registry
-from tasks.common import CACHED, require, retry_transient, settings
+from tasks.common import REGISTRY_FIELDS, cached, require, retry_transient, settings
 
 
-@task(cache_policy=CACHED, persist_result=True, retries=2, retry_condition_fn=retry_transient, retry_delay_seconds=5)
+@task(cache_policy=cached(*REGISTRY_FIELDS), persist_result=True, retries=2, retry_condition_fn=retry_transient, retry_delay_seconds=5)
 def open_adaptation_run(corpus_id: str, model_name: str, params: dict) -> str:
     """The MLflow run that collects this adaptation's params, metrics and reports (one per corpus)."""
     return Registry(settings()).start_run(corpus_id, {"model_name": model_name, **params})
@@ -30,7 +30,7 @@ def log_to_run(run_id: str, metrics: dict[str, float] | None = None, files: list
         reg.log_artifacts(run_id, files)
 
 
-@task(cache_policy=CACHED, persist_result=True, retries=2, retry_condition_fn=retry_transient, retry_delay_seconds=5)
+@task(cache_policy=cached(*REGISTRY_FIELDS), persist_result=True, retries=2, retry_condition_fn=retry_transient, retry_delay_seconds=5)
 def register_candidate(model_name: str, candidate: dict, run_id: str, corpus_id: str, skill_version: str,
                        lam: float | None) -> str:
     """A new model version pointing at the candidate folder in place (verified, never copied)."""
@@ -47,7 +47,7 @@ def conclude(model_name: str, version: str, run_id: str, gate: dict) -> dict:
     return {"version": outcome.version, "promoted": outcome.promoted, "reason": outcome.reason}
 
 
-@task(cache_policy=CACHED, persist_result=True, retries=2, retry_condition_fn=retry_transient, retry_delay_seconds=5)
+@task(cache_policy=cached(*REGISTRY_FIELDS), persist_result=True, retries=2, retry_condition_fn=retry_transient, retry_delay_seconds=5)
 def record_refresh(source_corpus_id: str, params: dict, records: list[dict]) -> str:
     """The refresh's MLflow run, one nested run per round (reward curves, orthogonality, cosine plot)."""
     return Registry(settings()).record_refresh(source_corpus_id, params, records)

@@ -10,7 +10,7 @@ from prefect import task
 from past import skill
 from past.models import verify_model_dir
 from past.registry import Registry
-from tasks.common import CACHED, artifact, require, retry_transient, settings
+from tasks.common import REGISTRY_FIELDS, artifact, cached, require, retry_transient, settings
 
 
 @task(retries=2, retry_condition_fn=retry_transient, retry_delay_seconds=2)
@@ -25,7 +25,7 @@ def current_skill_vector(explicit: str | None = None) -> dict | None:
     return artifact(path, version=version)
 
 
-@task(cache_policy=CACHED, persist_result=True, tags=["io-heavy"])
+@task(cache_policy=cached("skill_include", "skill_exclude"), persist_result=True, tags=["io-heavy"])
 def inject_skill(sft: dict, vector: dict, lam: float, out_dir: str) -> dict:
     """θ_final = θ_sft_T + λ·v, streamed tensor by tensor into a new, complete model folder."""
     s = settings()
@@ -38,7 +38,7 @@ def inject_skill(sft: dict, vector: dict, lam: float, out_dir: str) -> dict:
     return artifact(out, lam=lam, vector=vector["version"])
 
 
-@task(cache_policy=CACHED, persist_result=True, retries=2, retry_condition_fn=retry_transient, retry_delay_seconds=5)
+@task(cache_policy=cached(*REGISTRY_FIELDS), persist_result=True, retries=2, retry_condition_fn=retry_transient, retry_delay_seconds=5)
 def register_skill_vector(vector: dict, tags: dict[str, str] | None = None, run_id: str | None = None) -> str:
     """A new version of the skill-vector model in MLflow, alias `current` (the same vector registers once)."""
     return Registry(settings()).register_skill_vector(require(vector), run_id=run_id, tags=tags)

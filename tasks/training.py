@@ -18,17 +18,35 @@ from past.qa import read_implications
 from past.rewards import judge_reward_from_settings
 from past.sft import SFTRecipe, run_memorize, run_qa
 from past.tools import gate_rows
-from tasks.common import ACCELERATOR_TAG, CACHED, artifact, require, retry_transient, settings
+from tasks.common import ACCELERATOR_TAG, artifact, cached, require, retry_transient, settings
 from tasks.gate import evalset_path, tool_spec_path
+
+
+TEACHER_FIELDS = ("teacher", "teacher_min_qa", "teacher_n_qa", "teacher_n_implications", "teacher_base_url",
+                  "teacher_model")
+JUDGE_FIELDS = ("judge_base_url", "judge_model")
 
 
 def sft_recipe() -> SFTRecipe:
     return SFTRecipe.from_settings(settings())
 
 
-TEACHER_FIELDS = ("teacher", "teacher_min_qa", "teacher_n_qa", "teacher_n_implications", "teacher_base_url",
-                  "teacher_model")
-JUDGE_FIELDS = ("judge_base_url", "judge_model")
+def grpo_recipe() -> GRPORecipe:
+    s = settings()
+    return GRPORecipe(max_steps=s.grpo_max_steps, num_generations=s.grpo_num_generations,
+                      prompts_per_step=s.grpo_prompts_per_step,
+                      max_completion_length=s.grpo_max_completion_length, seed=s.seed)
+
+
+def sft_key() -> dict:
+    return sft_recipe().key()
+
+
+def refine_key() -> dict:
+    """What a refinement round's result depends on: both recipes and the judge (not the checkpoint cadence)."""
+    s = settings()
+    grpo = {k: v for k, v in dataclasses.asdict(grpo_recipe()).items() if k != "save_steps"}
+    return {"sft": sft_key(), "grpo": grpo, "judge": {f: getattr(s, f) for f in JUDGE_FIELDS}}
 
 
 def candidate_key(base: dict) -> str:
@@ -42,20 +60,18 @@ def candidate_key(base: dict) -> str:
 
 def refresh_key(base: dict) -> str:
     """The skill refresh's recipe part: base model content, SFT and GRPO recipes, the judge, the seed."""
-    s = settings()
-    grpo = {k: v for k, v in dataclasses.asdict(grpo_recipe()).items() if k != "save_steps"}
-    return content_key(12, base=base["sha256"], sft=sft_recipe().key(), grpo=grpo,
-                       judge={f: getattr(s, f) for f in JUDGE_FIELDS}, seed=s.seed)
+    return content_key(12, base=base["sha256"], **refine_key(), seed=settings().seed)
 
 
-@task(cache_policy=CACHED, persist_result=True, retries=1, retry_condition_fn=retry_transient, retry_delay_seconds=5)
+@task(cache_policy=cached("base_model"), persist_result=True, retries=1, retry_condition_fn=retry_transient,
+      retry_delay_seconds=5)
 def base_model() -> dict:
     """The verified base-model folder (provisioned from the packaged GGUF on first use)."""
     s = settings()
     return artifact(resolve_model(s.base_model, s.models_dir))
 
 
-@task(cache_policy=CACHED, persist_result=True, tags=[ACCELERATOR_TAG])
+@task(cache_policy=cached(recipe=sft_key), persist_result=True, tags=[ACCELERATOR_TAG])
 def sft_memorize(corpus: dict, base: dict, work_dir: str, teacher: dict | None = None) -> dict:
     """SFT stage 1: causal-LM loss on the documents (+ teacher implications), every token in some window."""
     impl = read_implications(Path(teacher["path"]) / "implications.jsonl") if teacher and teacher.get("generated") else None
@@ -63,7 +79,7 @@ def sft_memorize(corpus: dict, base: dict, work_dir: str, teacher: dict | None =
     return artifact(r["model"], metrics=r["metrics"])
 
 
-@task(cache_policy=CACHED, persist_result=True, tags=[ACCELERATOR_TAG])
+@task(cache_policy=cached("gate_min_new_items", recipe=sft_key), persist_result=True, tags=[ACCELERATOR_TAG])
 def sft_qa(corpus: dict, stage1: dict, base: dict, work_dir: str, out_dir: str, teacher: dict | None = None) -> dict:
     """SFT stage 2: chat QA (own + teacher), loss on answers only; keeps the held-out split for the gates."""
     s = settings()
@@ -91,7 +107,7 @@ def sft_qa(corpus: dict, stage1: dict, base: dict, work_dir: str, out_dir: str, 
                     eval_source=source, eval_items=len(rows), training_check=check, curves=curves)
 
 
-@task(cache_policy=CACHED, persist_result=True, tags=[ACCELERATOR_TAG])
+@task(cache_policy=cached(recipe=refine_key), persist_result=True, tags=[ACCELERATOR_TAG])
 def refine_round(k: int, partition: str, base: dict, prev_vector: dict | None, work_dir: str) -> dict:
     """One round of iterative skill refinement: SFT on D_k, GRPO from θ_sft_k + v_{k-1}, v_k = θ_rl_k − θ_sft_k."""
     from past.refine import run_round
@@ -101,19 +117,12 @@ def refine_round(k: int, partition: str, base: dict, prev_vector: dict | None, w
     return artifact(record["vector"], record=record)
 
 
-def grpo_recipe() -> GRPORecipe:
-    s = settings()
-    return GRPORecipe(max_steps=s.grpo_max_steps, num_generations=s.grpo_num_generations,
-                      prompts_per_step=s.grpo_prompts_per_step,
-                      max_completion_length=s.grpo_max_completion_length, seed=s.seed)
-
-
 def recipe_params() -> dict:
     """The SFT and GRPO recipes a refresh runs with, as MLflow params (dotted: sft.lr, grpo.max_steps, ...)."""
     return {"sft": dataclasses.asdict(sft_recipe()), "grpo": dataclasses.asdict(grpo_recipe())}
 
 
-@task(cache_policy=CACHED, persist_result=True)
+@task(cache_policy=cached("seed"), persist_result=True)
 def partition_source(corpus: dict, k: int, work_dir: str, rl_questions: dict | None = None) -> list[str]:
     """K disjoint partitions of the source corpus (and of its RL questions), by document (seeded)."""
     from past.corpus import atomic_write, load_corpus, read_qa_jsonl
@@ -124,7 +133,7 @@ def partition_source(corpus: dict, k: int, work_dir: str, rl_questions: dict | N
     return [str(p) for p in parts]
 
 
-@task(cache_policy=CACHED, persist_result=True)
+@task(cache_policy=cached("seed", recipe=refine_key), persist_result=True)
 def finalize_vector(corpus: dict, records: list[dict], base: dict, out_dir: str) -> dict:
     """Ship v_K: extract it once more into its permanent folder, with the full lineage in its manifest."""
     from past.refine import lineage
