@@ -16,7 +16,13 @@ from past.stats import wilson
 
 
 def answers(model, tokenizer, questions: list[str], max_new_tokens: int = 32, batch_size: int = 16) -> list[str]:
-    """Greedy chat answers to `questions` (left-padded batches; the model is put in eval mode)."""
+    """Greedy chat answers to single-turn `questions`."""
+    return replies(model, tokenizer, [[{"role": "user", "content": q}] for q in questions], max_new_tokens, batch_size)
+
+
+def replies(model, tokenizer, conversations: list[list[dict]], max_new_tokens: int = 32,
+            batch_size: int = 16) -> list[str]:
+    """Greedy next assistant turn of each chat (left-padded batches; the model is put in eval mode)."""
     import torch
 
     was_training = model.training
@@ -25,9 +31,9 @@ def answers(model, tokenizer, questions: list[str], max_new_tokens: int = 32, ba
     tokenizer.padding_side = "left"
     out: list[str] = []
     try:
-        for i in range(0, len(questions), batch_size):
-            prompts = [tokenizer.apply_chat_template([{"role": "user", "content": q}], tokenize=False,
-                                                     add_generation_prompt=True) for q in questions[i:i + batch_size]]
+        for i in range(0, len(conversations), batch_size):
+            prompts = [tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True)
+                       for c in conversations[i:i + batch_size]]
             enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
             enc = {k: v.to(model.device) for k, v in enc.items()}
             with torch.no_grad():

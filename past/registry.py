@@ -217,13 +217,16 @@ class Registry:
     def register_candidate(self, name: str, model_dir: str | Path, run_id: str | None, corpus_id: str,
                            skill_version: str = "", lam: float | None = None,
                            tags: dict[str, str] | None = None) -> str:
-        """A new version of NAME pointing at the model folder in place (verified first, never copied)."""
+        """A new version of NAME pointing at the model folder in place (verified first, never copied), with an
+        MLmodel beside the weights so MLflow's own loader can load it (past.mlflow_model)."""
+        from past.mlflow_model import write_mlmodel
         from past.models import verify_model_dir
 
         model_dir = Path(model_dir).resolve()
         problems = verify_model_dir(model_dir)
         if problems:
             raise RegistryError(f"refusing to register {model_dir}: " + "; ".join(problems))
+        write_mlmodel(model_dir)
         self._ensure_model(name)
         all_tags = {"manifest_sha256": folder_sha256(model_dir), "corpus_id": corpus_id,
                     "skill_vector_version": skill_version, "lambda": "" if lam is None else str(lam),

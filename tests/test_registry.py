@@ -221,3 +221,29 @@ def test_folder_sha256_hashes_the_manifest_of_models_and_skill_vectors(tmp_path:
     (v / "skill.json").write_text("{}")
     (v / "shard.safetensors").write_bytes(b"x" * 10)
     assert folder_sha256(v) == sha256_file(v / "skill.json")
+
+
+def test_a_registered_candidate_loads_with_mlflows_own_loader(reg: Registry, make_tiny) -> None:
+    """`models:/NAME@champion` through mlflow.pyfunc.load_model: the MLmodel beside the weights (no second copy
+    of them in the artifact store), a chat signature, and a real reply from the tiny model."""
+    import mlflow
+    import pandas as pd
+
+    from past.mlflow_model import MLMODEL
+
+    folder = make_tiny("loadable", seed=3)
+    manifest_before = folder_sha256(folder)
+    v = reg.register_candidate("loadable-bot", folder, None, "c-load")
+    assert (folder / MLMODEL).is_file() and verify_model_dir(folder) == []
+    assert folder_sha256(folder) == manifest_before  # the MLmodel sits outside the weights' checksum manifest
+    reg.client.set_registered_model_alias("loadable-bot", CHAMPION, v)
+    mlflow.set_registry_uri(reg.uri)
+    try:
+        model = mlflow.pyfunc.load_model("models:/loadable-bot@champion")
+    finally:
+        mlflow.set_registry_uri("")
+    assert [c.name for c in model.metadata.get_input_schema().inputs] == ["messages"]
+    out = model.predict(pd.DataFrame({"messages": [[{"role": "user", "content": "What is 2 + 2?"}],
+                                                   [{"role": "user", "content": "Name a colour."}]]}),
+                        params={"max_new_tokens": 4})
+    assert len(out) == 2 and all(isinstance(o, str) for o in out)
