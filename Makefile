@@ -16,7 +16,7 @@ SBIN  := $(SERVE_VENV)/bin
 STAMP := $(VENV)/.installed
 SSTAMP := $(SERVE_VENV)/.installed
 
-.PHONY: demo smoke test test-fast test-slow venv serve-env doctor bench-skill bench-method bench-refresh bench-knowledge bench-protocol bench-grpo-cost bench-tools clean-venvs
+.PHONY: demo smoke test test-fast test-slow test-soak venv serve-env doctor bench-skill bench-method bench-refresh bench-knowledge bench-protocol bench-grpo-cost bench-tools clean-venvs
 
 ## demo: the main job on embedded defaults: skill refresh (K=2) on a synthetic source domain, then a new
 ## corpus lands in the inbox and watch -> adapt -> vLLM gate -> promote runs; prints the summary.
@@ -40,6 +40,10 @@ test-fast: $(STAMP)
 ## test-slow: real-model tests (SmolLM2), minutes each
 test-slow: $(STAMP) $(SSTAMP)
 	$(BIN)/python -m pytest -m slow $(PYTEST_ARGS)
+
+## test-soak: the production path through a real `past up` + `past serve` (3 corpora, a killed worker, a restart)
+test-soak: $(STAMP) $(SSTAMP)
+	$(BIN)/python -m pytest -m soak $(PYTEST_ARGS)
 
 venv: $(STAMP)
 serve-env: $(SSTAMP)

@@ -34,6 +34,7 @@ resumes. Model folders of a finished seed are deleted unless --keep-models.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import shutil
 import statistics
@@ -53,7 +54,7 @@ from past.sft import SFTRecipe, run_sft  # noqa: E402
 from past.skill import analyze, extract, inject  # noqa: E402
 from past.synthetic_tools import ToolDomain, make_tool_domains, write_tool_corpus  # noqa: E402
 from past.tool_rollout import ToolRollout, grpo_items  # noqa: E402
-from past.tools import ToolSpec, ToolTask, episode_prompt  # noqa: E402
+from past.tools import Simulator, ToolSpec, ToolTask, episode_prompt, finish_demo  # noqa: E402
 
 ARMS = ("base", "sft", "past", "random", "target_grpo")
 METRICS = ("pass", "finish", "first_call_correct", "valid_call")
@@ -78,6 +79,18 @@ class Budget:
     max_turns: int = _f(3, "Turns per episode (call, Finish, one spare).")
     lams: tuple[float, ...] = _f((0.5, 1.0, 1.5, 2.0), "λ sweep on the target; λ for `past` is chosen on source data.")
     eval_completion: int = _f(48, "Max tokens per evaluated turn.")
+    source_finish_demos: float = _f(0.0, "Share of the source's training tasks also trained as whole episodes (call, "
+                                    "observation, Finish) in the source SFT only; 0 = the authors' first-call-only "
+                                    "stage 2 (the dev probe: no Finish in 208 GRPO episodes).")
+
+
+def finish_demos(d: ToolDomain, share: float, seed: int) -> list[dict]:
+    """Whole-episode stage-2 rows for a seeded `share` of the domain's training tasks (past.tools.finish_demo)."""
+    import hashlib
+
+    tasks = sorted(_tasks(d.tasks["train"]), key=lambda t: hashlib.sha256(f"{seed}:{t.request}".encode()).hexdigest())
+    sim = Simulator(ToolSpec.model_validate(d.spec()))
+    return [finish_demo(t, sim) for t in tasks[: round(share * len(tasks))]]
 
 
 def recipes(b: Budget, seed: int) -> tuple[SFTRecipe, GRPORecipe]:
@@ -127,7 +140,7 @@ def choose_lam(evals: dict[float, dict]) -> float:
 
 
 def run_seed(seed: int, b: Budget, base: Path, root: Path, keep_models: bool, log: Callable[[str], None],
-             dev: bool = False, in_domain_only: bool = False) -> dict:
+             dev: bool = False, in_domain_only: bool = False, sft_only: bool = False) -> dict:
     sdir = root / f"seed-{seed}"
     work, steps, evals = sdir / "work", sdir / "steps", sdir / "evals"
     sft_recipe, grpo_recipe = recipes(b, seed)
@@ -141,9 +154,10 @@ def run_seed(seed: int, b: Budget, base: Path, root: Path, keep_models: bool, lo
             write_tool_corpus(dom, tmp)
             tmp.rename(path)
 
-    def sft(corpus: Path, name: str) -> dict:
-        m = run_sft(corpus, work / name, base, sft_recipe, work_dir=work / f"{name}-work", progress=False)
-        return {"model": str(work / name), **{f"{st}_steps": (m.get(st) or {}).get("steps") for st in ("memorize", "qa")}}
+    def sft(corpus: Path, name: str, demos: list[dict] | None = None) -> dict:
+        m = run_sft(corpus, work / name, base, sft_recipe, work_dir=work / f"{name}-work", progress=False, demos=demos)
+        return {"model": str(work / name), "demos": len(demos or []),
+                **{f"{st}_steps": (m.get(st) or {}).get("steps") for st in ("memorize", "qa")}}
 
     def grpo(init: Path, d: ToolDomain, name: str) -> dict:
         out = work / name
@@ -165,8 +179,13 @@ def run_seed(seed: int, b: Budget, base: Path, root: Path, keep_models: bool, lo
 
     ev = lambda name, model, d, rows: step(evals / f"{name}.json", lambda: play(model, d, rows, b), log)  # noqa: E731
     rec: dict[str, dict] = {}
-    rec["source_sft"] = step(steps / "source_sft.json", lambda: sft(src_c, "source_sft"), log)
+    demos = finish_demos(source, b.source_finish_demos, seed) if b.source_finish_demos else None
+    rec["source_sft"] = step(steps / "source_sft.json", lambda: sft(src_c, "source_sft", demos), log)
     sft_S = work / "source_sft"
+    if sft_only:  # the cheap half of a dev probe: does the source SFT model finish its episodes at all?
+        got = ev("in_domain-source_sft", sft_S, source, source.tasks["heldout"])
+        return {"seed": seed, "dev": dev, "in_domain": {"source_sft": _slim(got)},
+                "steps": {"source_sft": {k: v for k, v in rec["source_sft"].items() if k != "model"}}}
     rec["source_grpo"] = step(steps / "source_grpo.json", lambda: grpo(sft_S, source, "source_grpo"), log)
     rec["vector"] = step(steps / "vector.json", lambda: _fresh(work / "vector") or {
         "manifest_sha": extract(work / "source_grpo", sft_S, work / "vector", progress=False).get("sha256")}, log)
@@ -270,6 +289,8 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--dev", action="store_true", help=f"domains of seed {DEV_SEED_OFFSET}+S (for choosing settings)")
     ap.add_argument("--in-domain-only", action="store_true",
                     help="stop after source SFT + GRPO and the in-domain check (a dev probe of GRPO settings)")
+    ap.add_argument("--sft-only", action="store_true",
+                    help="stop after source SFT and its in-domain episodes (does it call, does it finish?)")
     add_budget_args(ap, Budget)
     return ap
 
@@ -279,6 +300,13 @@ def run(argv: list[str] | None = None) -> dict:
     if args.render:
         res = json.loads(args.render.read_text())
         print(report(res))
+        return res
+    if args.sft_only:
+        if args.in_domain_only:
+            raise SystemExit("--sft-only and --in-domain-only exclude each other")
+        res = run_seeds(args, Budget, functools.partial(run_seed, sft_only=True), "bench/tools.py", argv)
+        for s in res["seeds"]:
+            print(json.dumps({"seed": s["seed"], "source_sft": s["in_domain"]["source_sft"]}, indent=1))
         return res
     res = run_seeds(args, Budget, run_seed, "bench/tools.py", argv)
     if args.in_domain_only:

@@ -9,7 +9,8 @@
     register θ_final in MLflow; move `champion` only if the gate passed
     notify: a Prefect event past.adapt.<promoted|rejected|failed>, and the webhook when one is set
 
-Idempotent per (corpus, model name, skill vector, λ, base model + SFT recipe + teacher settings): one content
+Idempotent per (corpus, model name, skill vector, λ, base model + SFT recipe (settings + the run's `sft`
+overrides) + teacher settings): one content
 key names the work folder and a Prefect transaction that records the finished
 result, so a re-run returns it without redoing anything; after a crash, cached steps are skipped (eager
 commits) and training resumes from its checkpoints. A file lock keeps two runs of one key from overlapping.
@@ -20,6 +21,7 @@ from __future__ import annotations
 import os
 import socket
 from pathlib import Path
+from typing import Any
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
@@ -31,21 +33,26 @@ from tasks.gate import serve_and_gate
 from tasks.notify import notify_failure, notify_outcome
 from tasks.registry import conclude, fail_run, log_to_run, mlflow_links, open_adaptation_run, register_candidate
 from tasks.skill import current_skill_vector, inject_skill
-from tasks.training import base_model, candidate_key, sft_memorize, sft_qa
+from tasks.training import base_model, candidate_key, sft_memorize, sft_qa, sft_recipe
 
 
 @flow(name="adapt")
 def adapt(corpus: str, model_name: str = "support-bot", lam: float | None = None,
-          skill_vector: str | None = None) -> dict:
-    """Adapt the model to one corpus (an id in the home folder, or a folder path) and gate it."""
+          skill_vector: str | None = None, sft: dict[str, Any] | None = None) -> dict:
+    """Adapt the model to one corpus (an id in the home folder, or a folder path) and gate it.
+
+    `sft`: SFT recipe fields to change for this run only, e.g. {"lora_r": 8, "min_steps_qa": 200} (the rest
+    come from the settings); an unknown field is refused before anything trains.
+    """
     s = settings()
     lam = s.lam if lam is None else lam
+    sft_recipe(sft)  # validate the overrides up front: a deterministic error, no retry, nothing claimed
     c = resolve_corpus(corpus)
     cid = c["corpus_id"]
     vector = current_skill_vector(skill_vector)
     base = base_model()
     tag = (f"{model_name}-{cid[:16]}-skill-{vector['sha256'][:12] if vector else 'none'}-lam{lam:g}"
-           f"-r{candidate_key(base)}")
+           f"-r{candidate_key(base, sft)}")
     key = f"adapt-{home_tag(s)}-{tag}"  # one adaptation = (home, model, corpus, skill vector, λ, base + recipe)
     work = Path(s.runs_dir) / f"adapt-{tag}"
 
@@ -55,7 +62,7 @@ def adapt(corpus: str, model_name: str = "support-bot", lam: float | None = None
             return txn.read().result
         mark_corpus(cid, "running", model_name=model_name, pid=os.getpid(), host=socket.gethostname())
         try:
-            summary = _adapt(c, base, model_name, lam, vector, work)
+            summary = _adapt(c, base, model_name, lam, vector, work, sft)
         except BaseException as e:
             mark_corpus(cid, "failed", model_name=model_name, error=f"{type(e).__name__}: {e}"[:500])
             notify_failure(model_name, c["name"], cid, f"{type(e).__name__}: {e}")
@@ -67,11 +74,12 @@ def adapt(corpus: str, model_name: str = "support-bot", lam: float | None = None
     return summary
 
 
-def _adapt(c: dict, base: dict, model_name: str, lam: float, vector: dict | None, work: Path) -> dict:
+def _adapt(c: dict, base: dict, model_name: str, lam: float, vector: dict | None, work: Path,
+           overrides: dict | None) -> dict:
     cid = c["corpus_id"]
     teacher = teacher_qa(c)
-    stage1 = sft_memorize(c, base, str(work / "sft"), teacher)
-    sft = sft_qa(c, stage1, base, str(work / "sft"), str(work / "sft-model"), teacher)
+    stage1 = sft_memorize(c, base, str(work / "sft"), teacher, overrides)
+    sft = sft_qa(c, stage1, base, str(work / "sft"), str(work / "sft-model"), teacher, overrides)
     if vector is not None:
         candidate = inject_skill(sft, vector, lam, str(work / f"candidate-lam{lam:g}"))
     else:
@@ -144,5 +152,7 @@ if __name__ == "__main__":  # `past adapt CORPUS` runs this (past/ itself never 
     ap.add_argument("--model-name", default="support-bot")
     ap.add_argument("--lam", type=float, default=None)
     ap.add_argument("--skill-vector", default=None)
+    ap.add_argument("--sft", type=json.loads, default=None, help='SFT recipe overrides as JSON, e.g. \'{"lora_r": 8}\'')
     a = ap.parse_args()
-    print(json.dumps(adapt(a.corpus, model_name=a.model_name, lam=a.lam, skill_vector=a.skill_vector), indent=2))
+    print(json.dumps(adapt(a.corpus, model_name=a.model_name, lam=a.lam, skill_vector=a.skill_vector, sft=a.sft),
+                     indent=2))

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from past.fields import opt as _f
+from past.memory import PeakRSS
 from past.errors import PastError
 
 
@@ -63,6 +64,7 @@ class GRPOResult:
     wall_s: float
     resumed_from_step: int
     learning: dict = field(default_factory=dict)  # learning_gate(reward_curve): did this run learn anything?
+    peak_rss_gb: float | None = None  # this process's peak resident memory while training (past.sft.PeakRSS)
 
     def to_json(self) -> dict:
         d = asdict(self)
@@ -209,7 +211,8 @@ def train_grpo(
     ckpt = _last_checkpoint(work)
     resumed = int(ckpt.name.split("-")[-1]) if ckpt else 0
     t0 = time.monotonic()
-    trainer.train(resume_from_checkpoint=str(ckpt) if ckpt else None)
+    with PeakRSS() as rss:
+        trainer.train(resume_from_checkpoint=str(ckpt) if ckpt else None)
     wall = time.monotonic() - t0
 
     if trainer.state.global_step < recipe.max_steps:  # never publish a model that did not get its budget
@@ -228,6 +231,7 @@ def train_grpo(
         reward_curve=[h["reward"] for h in logs], reward_std_curve=[h.get("reward_std", float("nan")) for h in logs],
         per_reward_curves=per_reward, judge=judge_stats, wall_s=wall, resumed_from_step=resumed,
         learning=learning_gate([h["reward"] for h in logs], window=min(20, max(2, len(logs) // 2))),
+        peak_rss_gb=rss.peak_gb,
     )
     tmp = staging_dir(out_dir)
     try:

@@ -238,13 +238,18 @@ def orphaned(rec: dict) -> bool:
     """A corpus marked `running` by a process on this host that no longer exists (a killed inline run)."""
     if rec.get("status") != "running" or rec.get("host") != socket.gethostname() or not rec.get("pid"):
         return False
+    return not pid_alive(int(rec["pid"]))
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this pid exists on this host (one we may not signal counts as alive)."""
     try:
-        os.kill(int(rec["pid"]), 0)
+        os.kill(pid, 0)
     except ProcessLookupError:
-        return True
-    except PermissionError:
         return False
-    return False
+    except PermissionError:
+        return True
+    return True
 
 
 UNFINISHED = ("submitted", "running")  # the ledger says a run owns the corpus, no outcome recorded yet

@@ -34,10 +34,11 @@ import logging
 import re
 import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 from past.fields import opt as _f
+from past.memory import PeakRSS
 from past.keys import content_key
 from past.corpus import Corpus, QAPair, load_corpus, write_splits
 from past.errors import PastError
@@ -92,8 +93,14 @@ class SFTRecipe:
                     replay_examples=settings.sft_replay_examples, batch_size_memorize=settings.sft_batch_size_memorize,
                     split_by=settings.sft_split_by, lora_r=settings.sft_lora_r,
                     lora_alpha=settings.sft_lora_alpha)
+        unknown = sorted(set(overrides) - {f.name for f in fields(cls)})
+        if unknown:  # e.g. a deployment run's `sft` parameter with a misspelt field: refuse before any training
+            raise SFTError(f"unknown SFT recipe field(s) {unknown}; known: {sorted(f.name for f in fields(cls))}")
         base.update({k: v for k, v in overrides.items() if v is not None})
-        return cls(**base)
+        try:
+            return cls(**base)
+        except TypeError as e:  # a value of the wrong type reaching a comparison in __post_init__
+            raise SFTError(f"bad SFT recipe value: {e}") from None
 
     def __post_init__(self) -> None:
         if self.max_length < 16:
@@ -290,7 +297,8 @@ def train_stage(name: str, model_dir: Path, rows: list[dict], recipe: SFTRecipe,
 
         trainer.remove_callback(PrinterCallback)
     t0 = time.perf_counter()
-    out = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    with PeakRSS() as rss:
+        out = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     wall = time.perf_counter() - t0
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     # the last step log's timer stops before the end-of-training checkpoint save, so it is training alone
@@ -305,7 +313,7 @@ def train_stage(name: str, model_dir: Path, rows: list[dict], recipe: SFTRecipe,
         # this session's tokens over this session's time (after a resume, `tokens` also counts the old run)
         "tokens_per_s": round(float(step_logs[-1].get("train_tokens_per_second", 0.0)), 1) if step_logs
         else (round(tokens / runtime, 1) if runtime > 0 else None), "use_lora": recipe.use_lora,
-        "planned_steps": planned, "steps_per_epoch": per_epoch, **(extra_metrics or {}),
+        "planned_steps": planned, "steps_per_epoch": per_epoch, "peak_rss_gb": rss.peak_gb, **(extra_metrics or {}),
     }
     if after_train is not None:
         metrics |= after_train(trainer.model, tok)
@@ -349,10 +357,11 @@ def _done(model_dir: Path, run_key: str) -> bool:
 
 # --- both stages ------------------------------------------------------------------------------------------
 def run_key(corpus: Corpus, base_model: Path, recipe: SFTRecipe, qa: list[QAPair],
-            implications: dict[str, list[str]] | None) -> str:
-    """What makes two runs "the same command": corpus, base model, recipe, QA and implications."""
+            implications: dict[str, list[str]] | None, demos: list[dict] | None = None) -> str:
+    """What makes two runs "the same command": corpus, base model, recipe, QA, implications (and demos)."""
+    extra = {"demos": demos} if demos else {}  # absent when unused: every existing key stays what it was
     return content_key(corpus=corpus.id, base=model_id(base_model), recipe=recipe.key(), qa=sorted(p.id for p in qa),
-                impl=implications or {})
+                       impl=implications or {}, **extra)
 
 
 def tool_qa(corpus: Corpus) -> list[QAPair]:
@@ -398,8 +407,11 @@ def run_memorize(corpus_path: Path, base_model: Path, recipe: SFTRecipe, work_di
 
 
 def run_qa(corpus_path: Path, stage1_model: Path, base_model: Path, recipe: SFTRecipe, work_dir: Path,
-           out_dir: Path, qa: list[QAPair] | None = None, overwrite: bool = False, progress: bool = True) -> dict:
+           out_dir: Path, qa: list[QAPair] | None = None, overwrite: bool = False, progress: bool = True,
+           demos: list[dict] | None = None) -> dict:
     """Split the QA, train stage 2 from `stage1_model` on the train side, publish the model to `out_dir`.
+    `demos`: extra TRL conversational rows trained beside the QA (multi-turn prompts allowed; e.g. whole tool
+    episodes, past.tools.finish_demo), never split off for the gate.
 
     Returns {"model", "eval_split", "train_split", "metrics": {"memorize"?, "qa", "split", ...}, "run_key"}.
     `base_model` is recorded in the manifest (pass the stage-1 model itself when stage 1 was skipped).
@@ -414,7 +426,7 @@ def run_qa(corpus_path: Path, stage1_model: Path, base_model: Path, recipe: SFTR
     train_ids = {json.loads(line)["id"] for line in result["train_split"].read_text().splitlines()}
     train_qa = [p for p in qa if p.id in train_ids]
     key = content_key(stage="qa", corpus=corpus.id, start=model_id(stage1_model), recipe=recipe.key(),
-               qa=sorted(p.id for p in qa))
+                      qa=sorted(p.id for p in qa), **({"demos": demos} if demos else {}))
     if _done(out_dir, key):
         return result | {"metrics": json.loads((out_dir / MANIFEST).read_text())["metrics"], "run_key": key}
     if out_dir.exists() and not overwrite:
@@ -428,7 +440,9 @@ def run_qa(corpus_path: Path, stage1_model: Path, base_model: Path, recipe: SFTR
     if _done(tmp_final, key):
         m2 = json.loads((s2 / "metrics.json").read_text()) | {"skipped": True}
     else:
-        rows = qa_examples(train_qa)
+        rows = qa_examples(train_qa) + list(demos or [])
+        if demos:
+            metrics["demos"] = len(demos)
         if recipe.replay_examples:  # rehearsal: the base model's own answers to general prompts (past.replay)
             from past.replay import replay_pairs
 
@@ -458,7 +472,8 @@ def run_qa(corpus_path: Path, stage1_model: Path, base_model: Path, recipe: SFTR
 
 def run_sft(corpus_path: Path, out_dir: Path, base_model: Path, recipe: SFTRecipe, work_dir: Path | None = None,
             qa: list[QAPair] | None = None, implications: dict[str, list[str]] | None = None,
-            runs_dir: Path = Path(".past/runs"), overwrite: bool = False, progress: bool = True) -> dict:
+            runs_dir: Path = Path(".past/runs"), overwrite: bool = False, progress: bool = True,
+            demos: list[dict] | None = None) -> dict:
     """Stage 1 then stage 2 on `corpus_path`; the merged result lands in `out_dir`. Returns all metrics.
 
     QA comes from the corpus's own qa.jsonl, else from `qa` (e.g. teacher-generated). The train/eval split
@@ -467,7 +482,7 @@ def run_sft(corpus_path: Path, out_dir: Path, base_model: Path, recipe: SFTRecip
     corpus = load_corpus(corpus_path)
     qa = _corpus_qa(corpus, qa, Path(corpus_path))
     base_model = Path(base_model)
-    key = run_key(corpus, base_model, recipe, qa, implications)
+    key = run_key(corpus, base_model, recipe, qa, implications, demos)
     work = Path(work_dir) if work_dir else Path(runs_dir) / f"sft-{corpus.id[:12]}-{key}"
     work.mkdir(parents=True, exist_ok=True)
     (work / "recipe.json").write_text(json.dumps({"run_key": key, "corpus_id": corpus.id, "base_model":
@@ -479,7 +494,7 @@ def run_sft(corpus_path: Path, out_dir: Path, base_model: Path, recipe: SFTRecip
         r1 = run_memorize(corpus_path, base_model, recipe, work, implications, progress=progress)
         stage1, m1 = r1["model"], r1["metrics"]
     r2 = run_qa(corpus_path, stage1, base_model, recipe, work, out_dir, qa=qa, overwrite=overwrite,
-                progress=progress)
+                progress=progress, demos=demos)
     metrics = r2["metrics"]
     if m1 is not None and m1.get("skipped"):  # report this call's view: stage 1 was not redone
         metrics = metrics | {"memorize": m1}

@@ -329,6 +329,24 @@ def first_call_text(task: ToolTask) -> str:
     return f"Action: {task.tool}\nAction Input: {json.dumps(task.arguments, ensure_ascii=False)}"
 
 
+def finish_text(answer: str) -> str:
+    return f"Action: {FINISH}\nAction Input: {json.dumps({'answer': answer}, ensure_ascii=False)}"
+
+
+def finish_demo(task: ToolTask, sim: Simulator) -> dict:
+    """A whole-episode stage-2 row (TRL conversational prompt-completion; the loss falls on the Finish turn):
+    request -> the task's call -> its observation -> Finish with the answer. The authors' stage 2 teaches first
+    calls only; bench/tools.py adds these to the *source* SFT alone (`--source-finish-demos`), so that source
+    GRPO has a finishing behaviour to reinforce while a target Finish can still come only through v."""
+    obs = sim.call(task.tool, task.arguments)
+    if "error" in obs:
+        raise ValueError(f"task {task.id}: its own call fails in the simulator: {obs['error']}")
+    return {"prompt": [{"role": "user", "content": episode_prompt(task.request)},
+                       {"role": "assistant", "content": first_call_text(task)},
+                       {"role": "user", "content": observation_message(obs)}],
+            "completion": [{"role": "assistant", "content": finish_text(task.answer)}]}
+
+
 def gate_rows(tasks: list[ToolTask], split_rows: list[dict]) -> list[dict]:
     """Held-out split rows as gate items: a tool task's row (trained as request → first call) becomes its
     episode: the request, the observed answer it must finish with, and the tool it needs."""

@@ -26,21 +26,38 @@ def submit_adapt(deployment: str, corpus_id: str, model_name: str, attempt: int 
     return str(run.id)
 
 
+LOCAL_POOL = "past-local"  # the process pool `past up` starts on this machine (deployments/prefect.yaml)
+
+
 def _run_states(run_ids: list[str]) -> dict[str, str | None]:
-    """flow_run_id -> state type name (None: the API has no such run, e.g. a reset Prefect database)."""
+    """flow_run_id -> state type name (None: the API has no such run, e.g. a reset Prefect database).
+
+    A PENDING or RUNNING run of this machine's process pool whose process is gone is CRASHED: a SIGKILLed
+    worker takes its flow runs with it and nobody is left to tell the server, which would show them running
+    forever (and strand a corpus the run had not yet marked `running`). Such runs are set Crashed here, so
+    the Prefect UI shows what happened."""
     from uuid import UUID
 
     from prefect.client.orchestration import get_client
     from prefect.exceptions import ObjectNotFound
+    from prefect.states import Crashed
 
     out: dict[str, str | None] = {}
     with get_client(sync_client=True) as client:
         for rid in run_ids:
             try:
                 run = client.read_flow_run(UUID(rid))
-                out[rid] = run.state.type.value if run.state else None
             except ObjectNotFound:
                 out[rid] = None
+                continue
+            state = run.state.type.value if run.state else None
+            pid = run.infrastructure_pid
+            if (state in ("PENDING", "RUNNING") and run.work_pool_name == LOCAL_POOL and pid and pid.isdigit()
+                    and not inbox.pid_alive(int(pid))):
+                client.set_flow_run_state(run.id, Crashed(message=f"process {pid} is gone (worker or machine "
+                                                                  "killed); found by the watcher"), force=True)
+                state = "CRASHED"
+            out[rid] = state
     return out
 
 

@@ -27,8 +27,9 @@ TEACHER_FIELDS = ("teacher", "teacher_min_qa", "teacher_n_qa", "teacher_n_implic
 JUDGE_FIELDS = ("judge_base_url", "judge_model")
 
 
-def sft_recipe() -> SFTRecipe:
-    return SFTRecipe.from_settings(settings())
+def sft_recipe(overrides: dict | None = None) -> SFTRecipe:
+    """The SFT recipe from the settings, with a run's overrides (e.g. the adapt flow's `sft` parameter)."""
+    return SFTRecipe.from_settings(settings(), **(overrides or {}))
 
 
 def grpo_recipe() -> GRPORecipe:
@@ -49,12 +50,12 @@ def refine_key() -> dict:
     return {"sft": sft_key(), "grpo": grpo, "judge": {f: getattr(s, f) for f in JUDGE_FIELDS}}
 
 
-def candidate_key(base: dict) -> str:
+def candidate_key(base: dict, sft: dict | None = None) -> str:
     """What else makes a candidate besides corpus, skill vector and λ: the base model's content, the SFT recipe
-    and the teacher settings. Part of the adapt transaction and work folder: a changed recipe is a new
-    candidate in a new folder; an unchanged re-run finds the old one."""
+    (settings + the run's overrides) and the teacher settings. Part of the adapt transaction and work folder:
+    a changed recipe is a new candidate in a new folder; an unchanged re-run finds the old one."""
     s = settings()
-    return content_key(12, base=base["sha256"], sft=sft_recipe().key(),
+    return content_key(12, base=base["sha256"], sft=sft_recipe(sft).key(),
                        teacher={f: getattr(s, f) for f in TEACHER_FIELDS})
 
 
@@ -72,18 +73,19 @@ def base_model() -> dict:
 
 
 @task(cache_policy=cached(recipe=sft_key), persist_result=True, tags=[ACCELERATOR_TAG])
-def sft_memorize(corpus: dict, base: dict, work_dir: str, teacher: dict | None = None) -> dict:
+def sft_memorize(corpus: dict, base: dict, work_dir: str, teacher: dict | None = None, sft: dict | None = None) -> dict:
     """SFT stage 1: causal-LM loss on the documents (+ teacher implications), every token in some window."""
     impl = read_implications(Path(teacher["path"]) / "implications.jsonl") if teacher and teacher.get("generated") else None
-    r = run_memorize(Path(corpus["path"]), require(base), sft_recipe(), Path(work_dir), implications=impl)
+    r = run_memorize(Path(corpus["path"]), require(base), sft_recipe(sft), Path(work_dir), implications=impl)
     return artifact(r["model"], metrics=r["metrics"])
 
 
 @task(cache_policy=cached("gate_min_new_items", recipe=sft_key), persist_result=True, tags=[ACCELERATOR_TAG])
-def sft_qa(corpus: dict, stage1: dict, base: dict, work_dir: str, out_dir: str, teacher: dict | None = None) -> dict:
+def sft_qa(corpus: dict, stage1: dict, base: dict, work_dir: str, out_dir: str, teacher: dict | None = None,
+           sft: dict | None = None) -> dict:
     """SFT stage 2: chat QA (own + teacher), loss on answers only; keeps the held-out split for the gates."""
     s = settings()
-    recipe = sft_recipe()
+    recipe = sft_recipe(sft)
     extra = read_qa_jsonl(Path(teacher["path"]) / "qa.jsonl") if teacher and teacher.get("generated") else None
     r = run_qa(Path(corpus["path"]), require(stage1), require(base), recipe, Path(work_dir), Path(out_dir), qa=extra)
     c = load_corpus(Path(corpus["path"]))

@@ -155,6 +155,7 @@ def test_changed_sft_recipe_is_a_new_candidate_after_a_crash_and_after_a_success
     import tasks.gate
     from flows.adapt import adapt
     from past.registry import source_path
+    from past.sft import SFTError
 
     real_gate = tasks.gate.run_gate
     monkeypatch.setattr(tasks.gate, "run_gate", lambda *a, **kw: (_ for _ in ()).throw(RuntimeError("power cut")))
@@ -170,10 +171,13 @@ def test_changed_sft_recipe_is_a_new_candidate_after_a_crash_and_after_a_success
         reg = Registry(load_settings())
         assert reg.client.get_run(first["mlflow_run_id"]).data.params["sft_recipe.lora_r"] == "4"
         assert adapt(str(corpus), skill_vector=str(vector)) == first  # unchanged: the recorded result
-        monkeypatch.setenv("PAST_SFT_LORA_R", "8")  # changed after a success
-        second = adapt(str(corpus), skill_vector=str(vector))
+        # changed after a success, this time as the flow parameter a deployment run takes (`-p sft=...`)
+        with pytest.raises(SFTError, match="lora_rank"):
+            adapt(str(corpus), skill_vector=str(vector), sft={"lora_rank": 8})
+        second = adapt(str(corpus), skill_vector=str(vector), sft={"lora_r": 8})
     assert second["version"] == "3" and second["candidate"] != first["candidate"]
     assert reg.client.get_run(second["mlflow_run_id"]).data.params["sft_recipe.lora_r"] == "8"
+    assert json.loads((Path(second["sft_model"]) / "past-model.json").read_text())["recipe"]["lora_r"] == 8
     for v in ("1", "2"):  # the earlier versions' folders are untouched
         mv = reg.version("support-bot", v)
         assert folder_sha256(source_path(mv.source)) == mv.tags["manifest_sha256"]
@@ -437,3 +441,45 @@ def test_watch_recovers_a_corpus_whose_run_crashed(harness, tmp_path) -> None:
     last = inbox.read_ledger(home, "c-last")
     assert last["status"] == "failed" and "crashed 3 time(s)" in last["error"]
     assert idempotency_key("m", "c", 1) == "adapt-m-c" and idempotency_key("m", "c", 2) == "adapt-m-c-attempt2"
+
+
+def test_a_run_whose_process_is_gone_is_crashed_and_resubmitted(harness, tmp_path) -> None:
+    """#16 soak: a SIGKILLed worker takes its flow runs with it; the server shows them Running forever, and a
+    corpus whose run had not yet marked itself `running` was stranded `submitted`. A local-pool run whose
+    infrastructure pid is gone is set Crashed by the watcher and its corpus handed out again."""
+    from prefect import flow
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import WorkPoolCreate
+    from prefect.states import Running
+
+    from past import inbox
+    from tasks.dispatch import LOCAL_POOL, recover_stranded
+
+    @flow
+    def some_adapt() -> None:
+        pass
+
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    home = load_settings().home
+    with get_client(sync_client=True) as client:
+        try:
+            client.create_work_pool(WorkPoolCreate(name=LOCAL_POOL, type="process"))
+        except Exception:  # noqa: BLE001 - created by an earlier test of this module's server
+            pass
+        dep = client.create_deployment(flow_id=client.create_flow(some_adapt), name="soak", work_pool_name=LOCAL_POOL)
+        dead, alive = (client.create_flow_run_from_deployment(dep) for _ in range(2))
+        for run, pid in ((dead, gone.pid), (alive, os.getpid())):
+            client.update_flow_run(run.id, infrastructure_pid=str(pid))
+            client.set_flow_run_state(run.id, Running(), force=True)
+    inbox.update_ledger(home, "c-dead", status="submitted", flow_run_id=str(dead.id), attempts=1, name="d")
+    inbox.update_ledger(home, "c-live", status="submitted", flow_run_id=str(alive.id), attempts=1)
+
+    @flow
+    def recover() -> list[dict]:
+        return recover_stranded()
+
+    assert recover() == [{"corpus_id": "c-dead", "path": None, "name": "d", "attempt": 2}]
+    with get_client(sync_client=True) as client:
+        assert client.read_flow_run(dead.id).state.type.value == "CRASHED"
+        assert client.read_flow_run(alive.id).state.type.value == "RUNNING"

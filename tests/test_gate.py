@@ -9,12 +9,12 @@ import dataclasses
 import json
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 
 from past.config import load_settings
+from tests import fake_openai
 from past.evaluation import (
     Champion, EvalItem, EvalSetError, ItemResult, build_eval_set, decide, eval_set_hash, general_prompts,
     load_eval_items, run_gate,
@@ -25,94 +25,42 @@ QA = [{"id": f"q{i}", "question": f"What is the code word number {i}?", "answer"
        "doc_id": f"d{i % 3}", "corpus_id": "c1"} for i in range(12)]
 
 
-class FakeOpenAI:
-    """OpenAI-compatible chat endpoint on 127.0.0.1 with switchable behaviour.
+class FakeOpenAI(fake_openai.FakeOpenAI):
+    """The tests' fake server (tests/fake_openai.py) with switchable behaviour.
 
     mode: good (answers from `answers`), wrong, garbage (200 + non-JSON), malformed (JSON without choices),
     empty, error500, flaky (first request per question 500s), hang, judge (yes if 'word' in proposed answer)."""
 
     def __init__(self, mode: str = "good", answers: dict[str, str] | None = None, die_after: int | None = None,
-                 models: tuple[str, ...] | None = None):  # models: as tests/fake_openai.py (None: any, no listing)
-        self.mode, self.answers, self.die_after, self.models = mode, answers or {}, die_after, models
-        self.requests = 0
-        self.in_flight = self.max_in_flight = 0
+                 models: tuple[str, ...] | None = None):
+        self.mode, self.answers = mode, answers or {}
         self.seen: set[str] = set()
         self.release = threading.Event()
-        self.lock = threading.Lock()
-        fake = self
+        super().__init__(models=models, die_after=die_after)
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *a):  # quiet
-                pass
-
-            def do_GET(self):
-                if self.path == "/v1/models" and fake.models is not None:
-                    return self._send(200, json.dumps({"object": "list", "data": [
-                        {"id": m, "object": "model", "created": 0, "owned_by": "test"} for m in fake.models]}).encode())
-                self._send(200, b"{}") if self.path == "/health" else self._send(404, b"{}")
-
-            def do_POST(self):
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                if fake.models is not None and body.get("model") not in fake.models:
-                    return self._send(404, json.dumps({"error": {"message": "model does not exist",
-                                                                 "type": "NotFoundError", "code": 404}}).encode())
-                with fake.lock:
-                    fake.requests += 1
-                    n = fake.requests
-                    fake.in_flight += 1
-                    fake.max_in_flight = max(fake.max_in_flight, fake.in_flight)
-                try:
-                    if fake.die_after is not None and n > fake.die_after:
-                        threading.Thread(target=fake.stop, daemon=True).start()
-                        self.connection.close()
-                        return
-                    time.sleep(0.02)  # let requests overlap so concurrency is observable
-                    fake.respond(self, body)
-                finally:
-                    with fake.lock:
-                        fake.in_flight -= 1
-
-            def _send(self, code: int, data: bytes):
-                self.send_response(code)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-        self.Handler = Handler
-        self.port = free_port()
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
-        self.httpd.daemon_threads = True
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-        self.url = f"http://127.0.0.1:{self.port}/v1"
-
-    def respond(self, h, body: dict) -> None:
+    def respond(self, body: dict) -> tuple[int, dict | bytes]:
+        time.sleep(0.02)  # let requests overlap so concurrency is observable
         q = body["messages"][-1]["content"]
         mode = self.mode
         if mode == "hang":
             self.release.wait(10)
-            return
+            return 0, b""
         if mode == "error500" or (mode == "flaky" and q not in self.seen):
             self.seen.add(q)
-            return h._send(500, b'{"error": {"message": "boom"}}')
+            return 500, {"error": {"message": "boom"}}
         if mode == "garbage":
-            return h._send(200, b"<html>not json at all")
+            return 200, b"<html>not json at all"
         if mode == "malformed":
-            return h._send(200, b'{"id": "x", "object": "chat.completion"}')
+            return 200, {"id": "x", "object": "chat.completion"}
         if mode == "judge":
             text = "yes" if "Proposed answer: number" in q else "no"
         else:
             text = {"empty": "", "wrong": "no idea"}.get(mode, self.answers.get(q, "no idea"))
-        h._send(200, json.dumps({
-            "id": "x", "object": "chat.completion", "created": 0, "model": body["model"],
-            "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": text}}],
-            "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
-        }).encode())
+        return 200, fake_openai.completion(body["model"], text)
 
     def stop(self) -> None:
         self.release.set()
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        super().stop()
 
 
 @pytest.fixture()

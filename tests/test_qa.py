@@ -5,9 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -15,6 +13,7 @@ import pytest
 from past.corpus import Document, load_corpus
 from past.qa import QAGenConfig, RateLimiter, generate, parse_reply, read_implications, write_generated
 from past.serving import Endpoint
+from tests.fake_openai import FakeOpenAI, completion
 
 FACTS = Path(__file__).parent / "data" / "facts"
 
@@ -26,44 +25,21 @@ def good_reply(prompt: str) -> str:
                        "implications": [f"{title} exists.", 42]})
 
 
-class FakeTeacher:
-    """POST /v1/chat/completions answered by `behave(n, prompt) -> (status, content)`; counts requests."""
+class FakeTeacher(FakeOpenAI):
+    """The tests' fake server (tests/fake_openai.py) answering `behave(n, prompt) -> (status, content)`."""
 
     def __init__(self, behave) -> None:
         self.behave, self.calls, self.times = behave, 0, []
-        outer = self
+        super().__init__()
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *a) -> None:
-                pass
-
-            def do_POST(self) -> None:  # noqa: N802
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                outer.calls += 1
-                outer.times.append(time.monotonic())
-                status, content = outer.behave(outer.calls, body["messages"][0]["content"])
-                payload = {"error": {"message": "boom"}} if status != 200 else {
-                    "id": "x", "object": "chat.completion", "created": 0, "model": body["model"],
-                    "choices": [{"index": 0, "finish_reason": "stop",
-                                 "message": {"role": "assistant", "content": content}}],
-                    "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}}
-                data = json.dumps(payload).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+    def respond(self, body: dict) -> tuple[int, dict]:
+        self.calls += 1
+        self.times.append(time.monotonic())
+        status, content = self.behave(self.calls, body["messages"][0]["content"])
+        return status, completion(body["model"], content) if status == 200 else {"error": {"message": "boom"}}
 
     def __enter__(self) -> Endpoint:
-        self.thread.start()
-        return Endpoint(base_url=f"http://127.0.0.1:{self.server.server_port}/v1", model="teacher")
-
-    def __exit__(self, *exc) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        return Endpoint(base_url=self.url, model="teacher")
 
 
 FAST = QAGenConfig(retries=3, backoff_s=0.01, timeout_s=10)

@@ -31,6 +31,7 @@ def test_two_stages_run_loss_falls_and_merged_model_loads(tiny_model_dir: Path, 
         s = m[stage]
         assert s["steps"] == 12 and len(s["loss_curve"]) == 12 and s["tokens"] > 0 and s["wall_s"] > 0
         assert s["loss_last"] < s["loss_first"] - 0.05, (stage, s["loss_curve"])
+        assert 0.1 < s["peak_rss_gb"] < 64 and s["tokens_per_s"] > 0  # measured per stage, for manifest + MLflow
     assert m["split"]["train"] == 24 and m["split"]["eval"] == 6
     assert (Path(m["work_dir"]) / "splits" / "eval.jsonl").is_file()
 

@@ -52,3 +52,28 @@ def test_choose_lam_prefers_pass_then_finish_then_the_smaller_lam() -> None:
     e = lambda p, f: {"pass": p, "finish": f}  # noqa: E731
     assert tools.choose_lam({0.5: e(0.1, 0.2), 1.0: e(0.1, 0.5), 2.0: e(0.0, 0.9)}) == 1.0
     assert tools.choose_lam({0.5: e(0.0, 0.0), 1.0: e(0.0, 0.0)}) == 0.5
+
+
+def test_finish_demos_are_whole_episodes_the_simulator_agrees_with(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """--source-finish-demos: request -> the task's call -> its real observation -> Finish with the answer; the
+    source SFT trains them (a new run key), and --sft-only stops after its in-domain episodes."""
+    from past.synthetic_tools import make_tool_domains
+    from past.tools import FINISH, parse_action
+
+    source, _ = make_tool_domains(0, 1, 1, 3)
+    demos = tools.finish_demos(source, 0.5, seed=0)
+    assert len(demos) == round(0.5 * len(source.tasks["train"])) >= 1
+    d = demos[0]
+    assert [m["role"] for m in d["prompt"]] == ["user", "assistant", "user"]
+    assert d["prompt"][2]["content"].startswith("Observation: ") and "error" not in d["prompt"][2]["content"]
+    step = parse_action(d["completion"][0]["content"])
+    task = next(t for t in source.tasks["train"] if t["request"] in d["prompt"][0]["content"])
+    assert step.name == FINISH and step.arguments == {"answer": task["answer"]}
+    assert task["answer"] in d["prompt"][2]["content"], "the answer Finish gives is in the observation"
+    assert tools.finish_demos(source, 0.5, seed=0) == demos and tools.finish_demos(source, 0.0, seed=0) == []
+
+    res = tools.run(["--seeds", "0", "--base", str(tiny_model_dir), "--out", str(tmp_path / "out"), "--sft-only",
+                     "--source-finish-demos", "0.5", *TINY])
+    s = res["seeds"][0]
+    assert s["steps"]["source_sft"]["demos"] == len(demos) and set(s["in_domain"]) == {"source_sft"}
+    assert "source_grpo" not in s["steps"]

@@ -23,6 +23,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model-name", default="support-bot", help="registered model name (default support-bot)")
     p.add_argument("--lam", type=float, default=None, help="λ (default: the lam setting)")
     p.add_argument("--skill-vector", default=None, help="skill-vector folder (default: the registry's `current`)")
+    p.add_argument("--sft", default=None, metavar="JSON",
+                   help='SFT recipe fields to change for this run, e.g. \'{"lora_r": 8, "min_steps_qa": 200}\'')
     p.set_defaults(func=run_adapt)
 
     b = sub.add_parser("backfill", help="adapt a list of corpora, or all that arrived in a date range (idempotent)")
@@ -52,6 +54,7 @@ def run_adapt(args: argparse.Namespace) -> int:
             "--model-name", args.model_name]
     argv += ["--lam", str(args.lam)] if args.lam is not None else []
     argv += ["--skill-vector", str(Path(args.skill_vector).resolve())] if args.skill_vector else []
+    argv += ["--sft", args.sft] if args.sft else []
     return _run("flows.adapt", argv)
 
 

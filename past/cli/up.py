@@ -130,6 +130,12 @@ def run(args: argparse.Namespace) -> int:
         subprocess.run([str(bin_dir / "prefect"), "--no-prompt", "concurrency-limit", "create", "accelerator", "1"],
                        env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         prefect("concurrency-limit", "inspect", "accelerator")
+        # A slot held by a task run that was killed (worker or machine crash) is never given back: Prefect 3.9
+        # backs tag limits with a global limit whose task-run leases have a 100-year TTL, kept in the server's
+        # memory, so after a restart the slot count stays taken with no lease left to expire, and every later
+        # training waits forever. No worker of this machine runs yet, so no slot can be legitimately held.
+        prefect("concurrency-limit", "reset", "accelerator")
+        prefect("global-concurrency-limit", "update", "tag:accelerator", "--active-slots", "0")
         prefect("deploy", "--all", "--prefect-file", str(REPO / "deployments" / "prefect.yaml"))
         print(f"deployed flows from deployments/prefect.yaml; Prefect UI http://127.0.0.1:{args.prefect_port}",
               flush=True)

@@ -1,0 +1,101 @@
+"""Screenshots of what a reviewer sees in the MLflow UI after `make demo` (issue 12), taken in a real browser.
+
+    apt-get install chromium      # once
+    .venv/bin/python bench/screenshots.py --home .past --out docs/screenshots
+
+Starts `past ui` over the home's store on a free port, finds the model's latest gated version, its adaptation
+run and the run it was compared with (the champion's, when there was one), and saves with headless Chromium:
+the version page (`version.png`: aliases, tags, gate verdict), the run's model metrics (`run-curves.png`:
+SFT loss curves), the run comparison of candidate and champion (`compare.png`), and the skill refresh's run
+(`refresh.png`: nested rounds). Re-run it after any demo; the pictures are whatever the store holds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+
+def shoot(browser: str, url: str, out: Path, wait_ms: int) -> None:
+    subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+                    f"--virtual-time-budget={wait_ms}", "--window-size=1600,1000", f"--screenshot={out}", url],
+                   check=True, capture_output=True, timeout=180)
+    print(f"{out}  <-  {url}", flush=True)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--home", type=Path, default=Path(".past"))
+    ap.add_argument("--model", default="support-bot")
+    ap.add_argument("--out", type=Path, default=REPO / "docs" / "screenshots")
+    ap.add_argument("--wait-ms", type=int, default=15000, help="Chromium's virtual time budget per page")
+    a = ap.parse_args()
+    browser = next((b for b in ("chromium", "chromium-browser", "google-chrome") if shutil.which(b)), None)
+    if browser is None:
+        raise SystemExit("no chromium on PATH (apt-get install chromium)")
+    os.environ["PAST_HOME"] = str(a.home.resolve())
+    from mlflow import MlflowClient
+
+    from past.config import load_settings
+    from past.serving import free_port
+
+    s = load_settings()
+    client = MlflowClient(tracking_uri=s.mlflow_uri, registry_uri=s.mlflow_uri)
+    versions = sorted(client.search_model_versions(f"name='{a.model}'"), key=lambda v: int(v.version))
+    gated = [v for v in versions if v.tags.get("gate") in ("passed", "failed")] or versions
+    if not gated:
+        raise SystemExit(f"no versions of {a.model!r} in {s.mlflow_uri}: run `make demo` first")
+    mv = gated[-1]
+    run = client.get_run(mv.run_id)
+    exp = run.info.experiment_id
+    champion = mv.tags.get("compared_with", "")
+    other = next((v for v in versions if v.version == champion and v.run_id), None)  # the champion it faced
+    refresh = client.get_experiment_by_name("past-refresh")
+    parents = [r for r in client.search_runs([refresh.experiment_id], "tags.`mlflow.parentRunId` IS NULL")] \
+        if refresh else []
+
+    port = free_port()
+    env = {**os.environ, "PAST_HOME": str(a.home.resolve())}
+    ui = subprocess.Popen([str(Path(sys.executable).parent / "past"), "ui", "--port", str(port)], env=env,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                if urllib.request.urlopen(f"{base}/health", timeout=2).status == 200:
+                    break
+            except OSError:
+                time.sleep(0.5)
+        a.out.mkdir(parents=True, exist_ok=True)
+        shoot(browser, f"{base}/#/models/{a.model}/versions/{mv.version}", a.out / "version.png", a.wait_ms)
+        shoot(browser, f"{base}/#/experiments/{exp}/runs/{mv.run_id}/model-metrics", a.out / "run-curves.png",
+              a.wait_ms)
+        runs = [mv.run_id] + ([other.run_id] if other else [])
+        q = urllib.parse.urlencode({"runs": json.dumps(runs), "experiments": json.dumps([exp])})
+        shoot(browser, f"{base}/#/compare-runs?{q}", a.out / "compare.png", a.wait_ms)
+        if parents:
+            p = parents[0]
+            shoot(browser, f"{base}/#/experiments/{refresh.experiment_id}/runs/{p.info.run_id}", a.out / "refresh.png",
+                  a.wait_ms)
+    finally:
+        os.killpg(ui.pid, signal.SIGTERM)
+        ui.wait(timeout=30)
+    print(json.dumps({"version": mv.version, "gate": mv.tags.get("gate"), "compared_with": champion or None,
+                      "runs": runs, "refresh_runs": len(parents)}))
+
+
+if __name__ == "__main__":
+    main()
