@@ -48,6 +48,7 @@ def main() -> None:
     ap.add_argument("--epochs-memorize", type=float, default=3.0)
     ap.add_argument("--lr", type=float, default=5e-4)
     ap.add_argument("--min-steps-qa", type=int, default=60)
+    ap.add_argument("--batch-memorize", type=int, default=None, help="stage-1 batch (default: the setting, 1)")
     ap.add_argument("--json", type=Path, default=None)
     a = ap.parse_args()
 
@@ -59,7 +60,8 @@ def main() -> None:
     tok = AutoTokenizer.from_pretrained(base)
     rng = random.Random(a.seed)
     recipe = SFTRecipe.from_settings(s, lr_memorize=a.lr, lr_qa=a.lr, epochs_memorize=a.epochs_memorize,
-                                     min_steps_qa=a.min_steps_qa, save_steps=10_000, check_train_qa=0)
+                                     min_steps_qa=a.min_steps_qa, save_steps=10_000, check_train_qa=0,
+                                     batch_size_memorize=a.batch_memorize)
     out: dict = {"args": {k: str(v) for k, v in vars(a).items()}, "manuals": [], "arms": {}}
     with tempfile.TemporaryDirectory() as tmp:
         corpus_dir = Path(tmp) / "corpus"
@@ -93,7 +95,8 @@ def main() -> None:
             if rows is not None:
                 d = Path(tmp) / arm.split()[0]
                 m1 = train_stage("memorize", base, rows, recipe, d / "s1", d / "s1-model", recipe.epochs_memorize,
-                                 recipe.lr_memorize, -1, packing=True, progress=False)
+                                 recipe.lr_memorize, -1, packing=True, progress=False,
+                                 batch_size=recipe.batch_size_memorize)  # as run_memorize trains stage 1
                 m2 = train_stage("qa", d / "s1-model", qa_examples(train_qa), recipe, d / "s2", d / "s2-model",
                                  recipe.epochs_qa, recipe.lr_qa, -1, packing=False, progress=False,
                                  min_steps=recipe.min_steps_qa)

@@ -5,8 +5,9 @@
 
 Starts `past ui` over the home's store on a free port, finds the model's latest gated version, its adaptation
 run and the run it was compared with (the champion's, when there was one), and saves with headless Chromium:
-the version page (`version.png`: aliases, tags, gate verdict), the run's model metrics (`run-curves.png`:
-SFT loss curves), the run comparison of candidate and champion (`compare.png`), and the skill refresh's run
+the version page (`version.png`: aliases, tags, gate verdict, the MLmodel's chat schema), the run's model
+metrics (`run-curves.png`; known limit: headless Chromium 2026-12 captures MLflow 3.17's chart grid before the
+charts load, spinners only, whatever the time budget), the run comparison of candidate and champion (`compare.png`), and the skill refresh's run
 (`refresh.png`: nested rounds). Re-run it after any demo; the pictures are whatever the store holds.
 """
 
@@ -55,16 +56,14 @@ def main() -> None:
     client = MlflowClient(tracking_uri=s.mlflow_uri, registry_uri=s.mlflow_uri)
     versions = sorted(client.search_model_versions(f"name='{a.model}'"), key=lambda v: int(v.version))
     gated = [v for v in versions if v.tags.get("gate") in ("passed", "failed")] or versions
-    if not gated:
-        raise SystemExit(f"no versions of {a.model!r} in {s.mlflow_uri}: run `make demo` first")
-    mv = gated[-1]
-    run = client.get_run(mv.run_id)
-    exp = run.info.experiment_id
-    champion = mv.tags.get("compared_with", "")
-    other = next((v for v in versions if v.version == champion and v.run_id), None)  # the champion it faced
     refresh = client.get_experiment_by_name("past-refresh")
     parents = [r for r in client.search_runs([refresh.experiment_id], "tags.`mlflow.parentRunId` IS NULL")] \
         if refresh else []
+    if not gated and not parents:
+        raise SystemExit(f"no versions of {a.model!r} and no skill refresh in {s.mlflow_uri}: run `make demo` first")
+    mv = gated[-1] if gated else None
+    champion, runs = (mv.tags.get("compared_with", "") if mv else ""), []
+    other = next((v for v in versions if str(v.version) == champion.rsplit("/", 1)[-1] and v.run_id), None)  # faced
 
     port = free_port()
     env = {**os.environ, "PAST_HOME": str(a.home.resolve())}
@@ -80,12 +79,14 @@ def main() -> None:
             except OSError:
                 time.sleep(0.5)
         a.out.mkdir(parents=True, exist_ok=True)
-        shoot(browser, f"{base}/#/models/{a.model}/versions/{mv.version}", a.out / "version.png", a.wait_ms)
-        shoot(browser, f"{base}/#/experiments/{exp}/runs/{mv.run_id}/model-metrics", a.out / "run-curves.png",
-              a.wait_ms)
-        runs = [mv.run_id] + ([other.run_id] if other else [])
-        q = urllib.parse.urlencode({"runs": json.dumps(runs), "experiments": json.dumps([exp])})
-        shoot(browser, f"{base}/#/compare-runs?{q}", a.out / "compare.png", a.wait_ms)
+        if mv is not None:
+            exp = client.get_run(mv.run_id).info.experiment_id
+            shoot(browser, f"{base}/#/models/{a.model}/versions/{mv.version}", a.out / "version.png", a.wait_ms)
+            shoot(browser, f"{base}/#/experiments/{exp}/runs/{mv.run_id}/model-metrics", a.out / "run-curves.png",
+                  a.wait_ms)
+            runs = [mv.run_id] + ([other.run_id] if other else [])
+            q = urllib.parse.urlencode({"runs": json.dumps(runs), "experiments": json.dumps([exp])})
+            shoot(browser, f"{base}/#/compare-runs?{q}", a.out / "compare.png", a.wait_ms)
         if parents:
             p = parents[0]
             shoot(browser, f"{base}/#/experiments/{refresh.experiment_id}/runs/{p.info.run_id}", a.out / "refresh.png",
@@ -93,7 +94,7 @@ def main() -> None:
     finally:
         os.killpg(ui.pid, signal.SIGTERM)
         ui.wait(timeout=30)
-    print(json.dumps({"version": mv.version, "gate": mv.tags.get("gate"), "compared_with": champion or None,
+    print(json.dumps({"version": mv and str(mv.version), "gate": mv and mv.tags.get("gate"), "compared_with": champion or None,
                       "runs": runs, "refresh_runs": len(parents)}))
 
 
