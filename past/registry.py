@@ -11,10 +11,12 @@ Layout in MLflow (embedded default: `sqlite:///<home>/mlflow/mlflow.db`, artifac
   history is the registered-model tag `champion_history` (a JSON list of versions, newest last).
 - registered model `past-skill-vector`: one version per skill vector, alias `current`.
 
-Alias moves are serialised with an exclusive file lock (`filelock`) on `<home>/mlflow/registry.lock` and are
-compare-and-set: a gate compared against champion X may promote only while X is still the champion, so two
-promotions racing never both win and never leave the alias pointing at a version nobody gated against.
-(The file lock covers processes sharing one home folder; a shared MLflow server needs a shared lock.)
+Alias moves are serialised and compare-and-set: a gate compared against champion X may promote only while X is
+still the champion, so two promotions racing never both win and never leave the alias pointing at a version
+nobody gated against. The serialisation is held in MLflow itself (`past.lease`: a registered model that exists
+while an alias moves; its unique name is enforced by the store's database), so processes on different machines
+that share only the MLflow server exclude each other; a file lock (`filelock`, `<home>/mlflow/registry.lock`)
+in front of it keeps processes of one home from polling the store.
 
 Note: `mlflow.register_model("runs:/.../dir")` on a plain artifact folder fails in MLflow 3.17;
 `MlflowClient.create_model_version(name, source=..., run_id=...)` works, aliases included.
@@ -123,7 +125,10 @@ class Registry:
     def _locked(self) -> Iterator[None]:
         from filelock import FileLock
 
-        with FileLock(self.lock_path):  # a fresh lock (own file descriptor) per caller: threads exclude too
+        from past.lease import mlflow_lease
+
+        # a fresh file lock (own file descriptor) per caller: threads exclude too; the lease covers other hosts
+        with FileLock(self.lock_path), mlflow_lease(self.client):
             yield
 
     # -- runs ----------------------------------------------------------------------------------------------

@@ -29,36 +29,48 @@ def submit_adapt(deployment: str, corpus_id: str, model_name: str, attempt: int 
 LOCAL_POOL = "past-local"  # the process pool `past up` starts on this machine (deployments/prefect.yaml)
 
 
-def _run_states(run_ids: list[str]) -> dict[str, str | None]:
-    """flow_run_id -> state type name (None: the API has no such run, e.g. a reset Prefect database).
-
-    A PENDING or RUNNING run of this machine's process pool whose process is gone is CRASHED: a SIGKILLed
-    worker takes its flow runs with it and nobody is left to tell the server, which would show them running
-    forever (and strand a corpus the run had not yet marked `running`). Such runs are set Crashed here, so
-    the Prefect UI shows what happened."""
+def _read_runs(run_ids: list[str]) -> dict:
+    """flow_run_id -> the server's FlowRun (None: the API has no such run, e.g. a reset Prefect database)."""
     from uuid import UUID
 
     from prefect.client.orchestration import get_client
     from prefect.exceptions import ObjectNotFound
-    from prefect.states import Crashed
 
-    out: dict[str, str | None] = {}
+    out: dict = {}
     with get_client(sync_client=True) as client:
         for rid in run_ids:
             try:
-                run = client.read_flow_run(UUID(rid))
+                out[rid] = client.read_flow_run(UUID(rid))
             except ObjectNotFound:
                 out[rid] = None
-                continue
-            state = run.state.type.value if run.state else None
-            pid = run.infrastructure_pid
-            if (state in ("PENDING", "RUNNING") and run.work_pool_name == LOCAL_POOL and pid and pid.isdigit()
-                    and not inbox.pid_alive(int(pid))):
-                client.set_flow_run_state(run.id, Crashed(message=f"process {pid} is gone (worker or machine "
-                                                                  "killed); found by the watcher"), force=True)
-                state = "CRASHED"
-            out[rid] = state
     return out
+
+
+def _orphaned(run) -> bool:
+    """A PENDING or RUNNING run of this machine's process pool whose process is gone.
+
+    A SIGKILLed worker takes its flow runs with it and nobody is left to tell the server, which would show them
+    running forever (and strand a corpus the run had not yet marked `running`)."""
+    state = run.state.type.value if run.state else None
+    pid = run.infrastructure_pid
+    return (state in ("PENDING", "RUNNING") and run.work_pool_name == LOCAL_POOL and bool(pid) and pid.isdigit()
+            and not inbox.pid_alive(int(pid)))
+
+
+def _mark_crashed(run) -> None:
+    """Set an orphaned run Crashed, so the Prefect UI shows what happened (and its corpus can be resubmitted)."""
+    from prefect.client.orchestration import get_client
+    from prefect.states import Crashed
+
+    with get_client(sync_client=True) as client:
+        client.set_flow_run_state(run.id, Crashed(message=f"process {run.infrastructure_pid} is gone (worker or "
+                                                          "machine killed); found by the watcher"), force=True)
+
+
+def _run_states(runs: dict) -> dict[str, str | None]:
+    """flow_run_id -> state type name, orphaned runs counted as CRASHED."""
+    return {rid: None if run is None else "CRASHED" if _orphaned(run)
+            else (run.state.type.value if run.state else None) for rid, run in runs.items()}
 
 
 @task(retries=2, retry_condition_fn=retry_transient, retry_delay_seconds=5)
@@ -72,8 +84,12 @@ def recover_stranded(max_attempts: int | None = None) -> list[dict]:
     home = Path(s.home)
     limit = s.adapt_max_attempts if max_attempts is None else max_attempts
     records = [r for r in inbox.all_ledger(home) if r.get("status") in inbox.UNFINISHED and r.get("flow_run_id")]
-    plan = inbox.recovery_plan(records, _run_states([r["flow_run_id"] for r in records]), limit)
+    runs = _read_runs([r["flow_run_id"] for r in records])
     log = get_run_logger()
+    for run in [r for r in runs.values() if r is not None and _orphaned(r)]:
+        log.warning(f"flow run {run.id}: process {run.infrastructure_pid} is gone; marking it Crashed")
+        _mark_crashed(run)
+    plan = inbox.recovery_plan(records, _run_states(runs), limit)
     for rec in plan.cancelled:
         inbox.update_ledger(home, rec["corpus_id"], status="cancelled", reason="its adapt run was cancelled")
         log.warning(f"corpus {rec['corpus_id'][:16]}: adapt run {rec['flow_run_id']} was cancelled; "

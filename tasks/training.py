@@ -17,13 +17,12 @@ from past.models import resolve_model
 from past.qa import read_implications
 from past.rewards import judge_reward_from_settings
 from past.sft import SFTRecipe, run_memorize, run_qa
+from past.teacher import corpus_teacher_key
 from past.tools import gate_rows
 from tasks.common import ACCELERATOR_TAG, artifact, cached, require, retry_transient, settings
 from tasks.gate import evalset_path, tool_spec_path
 
 
-TEACHER_FIELDS = ("teacher", "teacher_min_qa", "teacher_n_qa", "teacher_n_implications", "teacher_base_url",
-                  "teacher_model")
 JUDGE_FIELDS = ("judge_base_url", "judge_model")
 
 
@@ -52,11 +51,11 @@ def refine_key() -> dict:
 
 def candidate_key(base: dict, sft: dict | None = None) -> str:
     """What else makes a candidate besides corpus, skill vector and λ: the base model's content, the SFT recipe
-    (settings + the run's overrides) and the teacher settings. Part of the adapt transaction and work folder:
-    a changed recipe is a new candidate in a new folder; an unchanged re-run finds the old one."""
-    s = settings()
-    return content_key(12, base=base["sha256"], sft=sft_recipe(sft).key(),
-                       teacher={f: getattr(s, f) for f in TEACHER_FIELDS})
+    (settings + the run's overrides) and the teacher's key - the same one the teacher task caches on, so a setting
+    that does not change the teacher's output (e.g. an unused endpoint URL) does not make a new candidate. Part of
+    the adapt transaction and work folder: a changed recipe is a new candidate in a new folder; an unchanged re-run
+    finds the old one."""
+    return content_key(12, base=base["sha256"], sft=sft_recipe(sft).key(), teacher=corpus_teacher_key(settings()))
 
 
 def refresh_key(base: dict) -> str:

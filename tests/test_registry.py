@@ -247,3 +247,84 @@ def test_a_registered_candidate_loads_with_mlflows_own_loader(reg: Registry, mak
                                                    [{"role": "user", "content": "Name a colour."}]]}),
                         params={"max_new_tokens": 4})
     assert len(out) == 2 and all(isinstance(o, str) for o in out)
+
+
+RACER = r"""
+import sys, time
+from pathlib import Path
+from past.config import load_settings
+from past.registry import PromotionConflict, Registry
+import past.registry as R
+home, uri, name, version, start, guard = sys.argv[1:7]
+if guard == "off":  # the control: no lease (and each process has its own home, so its own file lock)
+    import contextlib
+    import past.lease
+    past.lease.mlflow_lease = lambda client: contextlib.nullcontext()
+read = R.Registry.champion
+def slow_champion(self, n):  # widen the read -> write window so an unguarded race really interleaves
+    out = read(self, n)
+    time.sleep(0.5)
+    return out
+R.Registry.champion = slow_champion
+reg = Registry(load_settings(home=Path(home), mlflow_tracking_uri=uri))
+time.sleep(max(0.0, float(start) - time.time()))
+try:
+    reg.promote(name, version, expected=None, reason="race")
+    print("WON")
+except PromotionConflict as e:
+    print("LOST", e)
+"""
+
+
+def _race(tmp_path: Path, guard: str) -> tuple[list[str], str]:
+    """Two processes with separate homes (no shared lock file), one MLflow store, promoting v1 and v2 at once."""
+    import subprocess
+    import sys
+    import time
+
+    uri = f"sqlite:///{tmp_path / 'shared.db'}"
+    reg = Registry(load_settings(home=tmp_path / "setup", mlflow_tracking_uri=uri))
+    name = f"race-{guard}"
+    versions = [reg.register_candidate(name, model_folder(tmp_path), None, "c", skill_version="1", lam=1.0)
+                for _ in range(2)]
+    start = str(time.time() + 8)  # both are imported and connected by then
+    procs = [subprocess.Popen([sys.executable, "-c", RACER, str(tmp_path / f"host{i}"), uri, name, v, start, guard],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i, v in enumerate(versions)]
+    outs = [p.communicate(timeout=120) for p in procs]
+    champ = reg.champion(name)
+    return [o[0].split()[0] if p.returncode == 0 else f"ERROR {o[1][-300:]}" for p, o in zip(procs, outs)], \
+        str(champ.version) if champ else ""
+
+
+def test_two_hosts_racing_to_promote_through_mlflow_alone_one_wins(tmp_path: Path) -> None:
+    from past.lease import LOCK_NAME
+
+    results, champ = _race(tmp_path, "on")
+    assert sorted(results) == ["LOST", "WON"], results
+    assert champ == str(results.index("WON") + 1)  # versions 1 and 2 raced in that order
+    reg = Registry(load_settings(home=tmp_path / "setup", mlflow_tracking_uri=f"sqlite:///{tmp_path / 'shared.db'}"))
+    assert reg.champion_history("race-on") == [champ]
+    assert LOCK_NAME not in {m.name for m in reg.client.search_registered_models()}, "the lease is released"
+
+
+def test_without_the_lease_the_same_race_lets_both_win(tmp_path: Path) -> None:
+    """The control that shows the test above can fail: with the lease removed, neither process sees the other's
+    promotion; both go on to write the alias (both 'win', or one dies on the store's unique alias row)."""
+    results, _ = _race(tmp_path, "off")
+    assert "LOST" not in results and results.count("WON") >= 1, results
+
+
+def test_a_dead_holders_lease_is_broken_after_its_ttl_and_a_live_one_times_out(tmp_path: Path) -> None:
+    from past.lease import LOCK_NAME, LeaseTimeout, mlflow_lease
+
+    reg = Registry(load_settings(home=tmp_path / "h"))
+    reg.client.create_registered_model(LOCK_NAME, tags={"past.lease.owner": "dead-host:1:x"})  # a holder that died
+    with pytest.raises(LeaseTimeout, match="still held"):
+        with mlflow_lease(reg.client, ttl_s=60, timeout_s=0.5):
+            pass
+    import time
+
+    time.sleep(1.2)
+    with mlflow_lease(reg.client, ttl_s=1.0, timeout_s=10) as token:
+        assert reg.client.get_registered_model(LOCK_NAME).tags["past.lease.owner"] == token
+    assert LOCK_NAME not in {m.name for m in reg.client.search_registered_models()}

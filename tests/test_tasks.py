@@ -62,3 +62,19 @@ def test_a_misspelt_cache_field_fails_at_definition() -> None:
 
     with pytest.raises(ValueError, match="no such setting"):
         cached("sft_lora_rank")
+
+
+def test_candidate_key_follows_the_teacher_key_the_teacher_task_caches_on() -> None:
+    from tasks.training import candidate_key
+
+    def key(**env: str) -> str:
+        with pytest.MonkeyPatch.context() as m:
+            for k, v in env.items():
+                m.setenv(k, v)
+            return candidate_key({"sha256": "b"})
+
+    base = key(PAST_TEACHER="extractive")
+    assert key(PAST_TEACHER="extractive", PAST_TEACHER_MODEL="unused-by-extractive") == base
+    assert key(PAST_TEACHER="extractive", PAST_TEACHER_N_QA="3") != base
+    assert key(PAST_TEACHER="extractive", PAST_SFT_LORA_R="8") != base
+    assert key(PAST_TEACHER="extractive", PAST_GATE_REQUEST_TIMEOUT_S="5") == base
