@@ -10,6 +10,7 @@ from prefect import task
 
 from past.inbox import READY_MARKER
 from past.registry import Registry
+from past.review import review
 from past.synthetic import make_domains, write_corpus
 from tasks.common import ACCELERATOR_TAG, cached, settings
 from tasks.gate import evalset_path
@@ -90,6 +91,8 @@ def summarize_demo(skill: dict, watched: dict, timings: dict, model_name: str,
                   if k.startswith(("candidate_", "champion_", "new_diff")) and k.endswith(("_accuracy", "_f1", "_lower",
                                                                                            "_upper", "diff"))]
     lines.append(f"champion: {model_name} v{mv.version}" if mv is not None else "champion: none yet")
+    lines.append("what a reviewer finds in MLflow (`past review`):")
+    lines += [f"  {'ok  ' if f.ok else 'FAIL'} {f.check}: {f.detail}" for f in review(s, model_name)]
     lines += [f"wall time: refresh {timings['refresh']:.0f}s, adapt {timings['adapt']:.0f}s, total {timings['total']:.0f}s",
               f"MLflow (runs, versions, gate tables): `.venv/bin/past ui` -> http://127.0.0.1:5000  [{s.mlflow_uri}]",
               "Prefect (flow runs, artifacts): `.venv/bin/past up` -> http://127.0.0.1:4200", "=" * 78]

@@ -99,6 +99,17 @@ def test_adapt_end_to_end_real_vllm_and_mlflow(harness, env, vector, serve_pytho
     link = Artifact.get(f"adapt-support-bot-{out['corpus_id'][:12]}-mlflow")
     assert link is not None and link.data.endswith("/#/models/support-bot/versions/1)")  # [text](url)
     assert not vllm_processes(), "the candidate's vLLM server is shut down"
+    from past.review import review
+
+    found = {f.check: f for f in review(s, "support-bot")}  # what a reviewer finds, through MLflow alone
+    assert found["support-bot v1: SFT qa loss curve"].ok
+    assert found["support-bot v1: model card = gate report"].ok, found
+    assert found["models:/support-bot@champion loads with mlflow.pyfunc"].ok, found
+    assert not found[f"skill vector v{vversion}: refresh run"].ok  # registered by hand here, no refresh run
+    (Path(out["candidate"]) / "README.md").write_text(card.replace("| skill vector |", "| skill vector (edited) |"))
+    assert not {f.check: f for f in review(s, "support-bot", load_model=False)}[
+        "support-bot v1: model card = gate report"].ok, "an edited card no longer matches the gate report"
+    (Path(out["candidate"]) / "README.md").write_text(card)
 
     t1 = time.monotonic()
     again = adapt(str(corpus))  # finished corpus: the recorded result, nothing redone
@@ -250,6 +261,12 @@ def test_refresh_skill_flow_registers_current_vector_with_lineage(harness, env, 
         assert len(reg.client.get_metric_history(r.info.run_id, "grpo_reward")) == 2
         assert r.data.tags["learning_gate"] in ("passed", "failed") and "orthogonality_mean_abs_layer_cosine" in r.data.metrics
         assert [a.path for a in reg.client.list_artifacts(r.info.run_id, "orthogonality")] == ["orthogonality/cosine.png"]
+    from past.cli import main as past_cli
+    from past.review import review
+
+    found = [f for f in review(load_settings(), "support-bot") if f.check.startswith("skill vector")]
+    assert len(found) == 5 and all(f.ok for f in found), found  # nested rounds, 2 reward curves, 2 cosine plots
+    assert past_cli(["review", "support-bot", "--no-load"]) == 1  # no adapted model in this store yet
     again = refresh_skill(str(source), rounds=2)  # cached: nothing retrained, nothing registered twice
     assert again["path"] == out["path"] and again["skill_vector_version"] == out["skill_vector_version"]
     assert len(reg.client.search_model_versions("name='past-skill-vector'")) == 1

@@ -1,4 +1,4 @@
-"""`past gate|promote|rollback|history|ui`: run the eval gate by hand and manage the MLflow registry."""
+"""`past gate|promote|rollback|history|review|ui`: run the eval gate by hand and manage the MLflow registry."""
 
 from __future__ import annotations
 
@@ -40,6 +40,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     h.add_argument("name", help="registered model name")
     h.add_argument("--json", action="store_true", help="print JSON instead of a table")
     h.set_defaults(func=run_history)
+
+    v = sub.add_parser("review", help="check what a reviewer sees in MLflow: curves, refresh rounds, a loadable "
+                       "champion, a model card equal to the gate report (exit 1 if any check fails)")
+    v.add_argument("name", help="registered model name")
+    v.add_argument("--no-load", action="store_true", help="skip loading the champion with mlflow.pyfunc")
+    v.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    v.set_defaults(func=run_review)
 
     u = sub.add_parser("ui", help="start the MLflow UI on 127.0.0.1 over the home store (Ctrl-C stops it)")
     u.add_argument("--port", type=int, default=5000, help="port to listen on")
@@ -123,6 +130,19 @@ def run_history(args: argparse.Namespace) -> int:
     for r in rows:
         print("  ".join(f"{r[c][:19]:>8s}" if c != "reason" else r[c][:100] for c in cols))
     return 0
+
+
+def run_review(args: argparse.Namespace) -> int:
+    from past.config import load_settings
+    from past.review import as_dicts, review
+
+    findings = review(load_settings(), args.name, load_model=not args.no_load)
+    if args.json:
+        print(json.dumps(as_dicts(findings), indent=2))
+    else:
+        for f in findings:
+            print(f"{'ok  ' if f.ok else 'FAIL'}  {f.check}: {f.detail}")
+    return 0 if all(f.ok for f in findings) else 1
 
 
 def run_ui(args: argparse.Namespace) -> int:
