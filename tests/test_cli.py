@@ -131,3 +131,21 @@ def test_stopping_past_up_stops_the_whole_tree(tmp_path: Path) -> None:
     assert killed == [child.pid], "the stubborn child needed SIGKILL; the parent went on SIGTERM"
     assert not psutil.pid_exists(child.pid) or psutil.Process(child.pid).status() == psutil.STATUS_ZOMBIE
     parent.wait(timeout=5)
+
+
+def test_kubernetes_deployments_run_from_the_image_not_a_host_checkout() -> None:
+    """#15: the GPU deployments inherited the process pool's pull step (`{{ $PAST_REPO }}`, a host path)."""
+    import re
+
+    import yaml
+
+    root = Path(__file__).resolve().parents[1]
+    spec = yaml.safe_load((root / "deployments" / "prefect.yaml").read_text())
+    workdir = re.search(r"^WORKDIR (\S+)$", (root / "Dockerfile").read_text(), re.M).group(1)
+    for d in spec["deployments"]:
+        pull = d.get("pull", spec["pull"])
+        where = pull[0]["prefect.deployments.steps.set_working_directory"]["directory"]
+        if d["work_pool"]["name"] == "past-k8s-gpu":
+            assert where == workdir, d["name"]
+        else:
+            assert where == "{{ $PAST_REPO }}", d["name"]
