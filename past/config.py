@@ -115,6 +115,9 @@ class Settings:
     sft_learning_rate: float = _f(2e-4, "Learning rate of both SFT stages (LoRA scale; use ~2e-5 for full FT). Model-size "
                                   "dependent: on SmolLM2-135M 2e-4 taught 23 % of the training QA and 1e-3 77 %, but the "
                                   "1e-3 demo candidate lost its general prompts (docs/BENCHMARKS.md); `make demo` uses 1e-3.")
+    sft_processes: int = _f(1, "Training processes per SFT stage: N > 1 launches each stage with `accelerate launch "
+                            "--num_processes N` (DDP; gloo on CPU): one per GPU on a multi-GPU node. The effective batch "
+                            "grows N-fold.")
     grpo_rounds: int = _f(2, "K: rounds (= disjoint source partitions) of iterative skill refinement.")
     grpo_max_steps: int = _f(30, "GRPO optimizer steps per round.")
     grpo_num_generations: int = _f(4, "GRPO group size (completions per prompt).")
@@ -255,7 +258,7 @@ def _validate(s: Settings) -> None:
                  "sft_replay_examples"):
         if getattr(s, name) < 0:
             raise ConfigError(f"setting {name!r} must be ≥ 0")
-    for name in ("sft_lora_r", "sft_lora_alpha", "grpo_prompts_per_step"):
+    for name in ("sft_lora_r", "sft_lora_alpha", "grpo_prompts_per_step", "sft_processes"):
         if getattr(s, name) < 1:
             raise ConfigError(f"setting {name!r} must be ≥ 1")
     if s.sft_split_by not in ("document", "question"):

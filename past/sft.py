@@ -83,6 +83,9 @@ class SFTRecipe:
     max_steps_memorize: int = _f(-1, "Cap stage 1 at N steps (overrides epochs when > 0; tests, benchmarks).")
     max_steps_qa: int = _f(-1, "Cap stage 2 at N steps (overrides epochs when > 0).")
     skip_memorize: bool = _f(False, "Skip stage 1 (QA-only SFT).")
+    processes: int = _f(1, "Training processes per stage: N > 1 runs each stage's training under `accelerate launch "
+                        "--multi_gpu --num_processes N` (DDP: NCCL on GPUs, gloo on CPU; past.launch); the effective "
+                        "batch is then N × batch × grad_accum. In the key only when > 1.")
 
     @classmethod
     def from_settings(cls, settings, **overrides) -> "SFTRecipe":
@@ -92,7 +95,7 @@ class SFTRecipe:
                     min_steps_qa=settings.sft_min_steps_qa, eval_fraction=settings.sft_eval_fraction,
                     replay_examples=settings.sft_replay_examples, batch_size_memorize=settings.sft_batch_size_memorize,
                     split_by=settings.sft_split_by, lora_r=settings.sft_lora_r,
-                    lora_alpha=settings.sft_lora_alpha)
+                    lora_alpha=settings.sft_lora_alpha, processes=settings.sft_processes)
         unknown = sorted(set(overrides) - {f.name for f in fields(cls)})
         if unknown:  # e.g. a deployment run's `sft` parameter with a misspelt field: refuse before any training
             raise SFTError(f"unknown SFT recipe field(s) {unknown}; known: {sorted(f.name for f in fields(cls))}")
@@ -114,21 +117,28 @@ class SFTRecipe:
         for name in ("min_steps_memorize", "min_steps_qa", "check_train_qa", "replay_examples"):
             if getattr(self, name) < 0:
                 raise SFTError(f"recipe {name} must be ≥ 0")
+        if self.processes < 1:
+            raise SFTError(f"recipe processes {self.processes} must be ≥ 1")
 
     def key(self) -> dict:
         """The fields that change the trained model (checkpoint cadence does not)."""
-        return {k: v for k, v in asdict(self).items() if k not in OPERATIONAL_FIELDS}
+        return {k: v for k, v in asdict(self).items() if k not in OPERATIONAL_FIELDS and not _default_absent(k, v)}
 
     def memorize_key(self) -> dict:
         """The fields that change the stage-1 model."""
-        return {k: getattr(self, k) for k in MEMORIZE_FIELDS}
+        return {k: getattr(self, k) for k in MEMORIZE_FIELDS if not _default_absent(k, getattr(self, k))}
+
+
+def _default_absent(field: str, value) -> bool:
+    """Fields added after keys were in use stay out of the key at their default: every existing key is unchanged."""
+    return field == "processes" and value == 1
 
 
 OPERATIONAL_FIELDS = ("save_steps", "save_total_limit", "save_every_s")
 # what stage 1 depends on: changing a stage-2 field (its lr, steps, rehearsal, split) must not retrain stage 1
 MEMORIZE_FIELDS = ("use_lora", "lora_r", "lora_alpha", "lora_dropout", "lora_targets", "epochs_memorize", "lr_memorize",
                    "lr_scheduler", "warmup", "batch_size_memorize", "grad_accum", "max_length", "chunk_overlap",
-                   "min_steps_memorize", "max_steps_memorize", "seed")
+                   "min_steps_memorize", "max_steps_memorize", "seed", "processes")
 
 
 class SFTError(PastError):
@@ -243,22 +253,61 @@ def train_stage(name: str, model_dir: Path, rows: list[dict], recipe: SFTRecipe,
     """Train one stage from `model_dir` and publish the merged model to `final_dir`. Returns its metrics.
 
     Steps: `max_steps` when > 0, else max(epochs × steps per epoch, `min_steps`). `after_train(model, tok)`
-    may add metrics (the training check) before the model is saved."""
+    may add metrics (the training check) before the model is saved. With `recipe.processes` > 1 the training
+    itself runs in that many DDP processes (past.launch); the check, the manifest and the publish stay here."""
+    if not rows:
+        raise SFTError(f"stage {name}: no training examples")
+    stage_dir.mkdir(parents=True, exist_ok=True)
+    fit = dict(name=name, model_dir=str(model_dir), rows=rows, stage_dir=str(stage_dir), epochs=epochs, lr=lr,
+               max_steps=max_steps, packing=packing, min_steps=min_steps, batch_size=batch_size or recipe.batch_size,
+               progress=progress)
+    if recipe.processes > 1:
+        from past.launch import fit_launched
+
+        model, tok, metrics = fit_launched(fit, recipe)  # already merged by rank 0
+        merged = True
+    else:
+        trainer, tok, metrics = fit_stage(recipe=recipe, **fit)
+        model, merged = trainer.model, False
+    metrics |= extra_metrics or {}
+    if after_train is not None:
+        metrics |= after_train(model, tok)
+    if save_model:
+        if recipe.use_lora and not merged:
+            model = model.merge_and_unload()
+        tmp = staging_dir(final_dir)
+        try:
+            model.save_pretrained(tmp, safe_serialization=True)
+            tok.save_pretrained(tmp)
+            write_manifest(tmp, source=f"past-sft:{name}", base_model=str(model_dir), sft=metrics,
+                           **(manifest_extra or {}))
+            publish_dir(tmp, final_dir, replace=True)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+    (stage_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    return metrics
+
+
+def fit_stage(name: str, model_dir: str, rows: list[dict], recipe: SFTRecipe, stage_dir: str, epochs: float,
+              lr: float, max_steps: int, packing: bool, min_steps: int, batch_size: int, progress: bool):
+    """The training of one stage (TRL SFTTrainer, LoRA when the recipe says so) -> (trainer, tokenizer, metrics).
+
+    Runs in this process, or in each of N processes under `accelerate launch` (the trainer then does DDP, and
+    only rank 0 touches checkpoints it did not write itself)."""
     import math
+    import os
 
     import torch
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import SFTConfig, SFTTrainer
 
-    if not rows:
-        raise SFTError(f"stage {name}: no training examples")
-    stage_dir.mkdir(parents=True, exist_ok=True)
-    ckpt_dir = stage_dir / "checkpoints"
+    ckpt_dir = Path(stage_dir) / "checkpoints"
     resume = last_complete_checkpoint(ckpt_dir)
-    drop_partial_checkpoints(ckpt_dir, resume)
+    if int(os.environ.get("RANK", "0")) == 0:
+        drop_partial_checkpoints(ckpt_dir, resume)
     cuda = torch.cuda.is_available()
-    batch_size = batch_size or recipe.batch_size
     tok = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
     peft_config = None
@@ -289,7 +338,8 @@ def train_stage(name: str, model_dir: Path, rows: list[dict], recipe: SFTRecipe,
         if packed != given:
             raise SFTError(f"stage {name}: packing kept {packed} of {given} tokens; refusing to train on a "
                            "silently truncated corpus")
-    per_epoch = max(1, math.ceil(len(trainer.train_dataset) / (batch_size * recipe.grad_accum)))
+    world = trainer.args.world_size  # DDP: every optimizer step takes a batch on each process
+    per_epoch = max(1, math.ceil(len(trainer.train_dataset) / (batch_size * recipe.grad_accum * world)))
     planned = max_steps if max_steps > 0 else max(math.ceil(epochs * per_epoch), min_steps)
     trainer.args.max_steps = planned  # read by train(); epochs alone give small QA sets almost no steps
     if not progress:  # disable_tqdm swaps the bars for a per-step dict printer; quiet means quiet
@@ -313,24 +363,10 @@ def train_stage(name: str, model_dir: Path, rows: list[dict], recipe: SFTRecipe,
         # this session's tokens over this session's time (after a resume, `tokens` also counts the old run)
         "tokens_per_s": round(float(step_logs[-1].get("train_tokens_per_second", 0.0)), 1) if step_logs
         else (round(tokens / runtime, 1) if runtime > 0 else None), "use_lora": recipe.use_lora,
-        "planned_steps": planned, "steps_per_epoch": per_epoch, "peak_rss_gb": rss.peak_gb, **(extra_metrics or {}),
+        "planned_steps": planned, "steps_per_epoch": per_epoch, "peak_rss_gb": rss.peak_gb,
+        **({"processes": world} if world > 1 else {}),
     }
-    if after_train is not None:
-        metrics |= after_train(trainer.model, tok)
-    if save_model:
-        model = trainer.model.merge_and_unload() if recipe.use_lora else trainer.model
-        tmp = staging_dir(final_dir)
-        try:
-            model.save_pretrained(tmp, safe_serialization=True)
-            tok.save_pretrained(tmp)
-            write_manifest(tmp, source=f"past-sft:{name}", base_model=str(model_dir), sft=metrics,
-                           **(manifest_extra or {}))
-            publish_dir(tmp, final_dir, replace=True)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-    (stage_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    return metrics
+    return trainer, tok, metrics
 
 
 def _training_check(train_qa: list[QAPair], recipe: SFTRecipe):

@@ -215,3 +215,39 @@ def test_stage1_key_ignores_stage2_fields() -> None:
         assert SFTRecipe(**change).memorize_key() != r.memorize_key(), change
     with pytest.raises(Exception, match="batch_size"):
         SFTRecipe(batch_size_memorize=0)
+
+
+def test_stage1_under_accelerate_launch_with_two_processes(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """#15: `processes=2` trains stage 1 in two DDP processes (gloo on CPU) through `accelerate launch`. Against
+    one process at twice the per-device batch (the same effective batch), the loss curve has the same length and
+    shape, and the merged model is a valid, verified model folder with the LoRA deltas merged in."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from past.sft import run_memorize
+
+    common = dict(max_steps_memorize=10, max_length=64, save_steps=100, lr_memorize=3e-3, lora_r=8, lora_alpha=16)
+    one = run_memorize(FACTS, tiny_model_dir, SFTRecipe(batch_size_memorize=4, **common), tmp_path / "one",
+                       progress=False)
+    two = run_memorize(FACTS, tiny_model_dir, SFTRecipe(batch_size_memorize=2, processes=2, **common), tmp_path / "two",
+                       progress=False)
+    a, b = one["metrics"], two["metrics"]
+    assert b["processes"] == 2 and "processes" not in a and a["steps"] == b["steps"] == 10
+    assert (tmp_path / "two" / "stage1" / "launched" / "launch.log").is_file()
+    for m in (a, b):
+        assert m["loss_last"] < m["loss_first"] - 0.05, m["loss_curve"]
+    assert abs(a["loss_curve"][0] - b["loss_curve"][0]) < 0.5 and abs(a["loss_last"] - b["loss_last"]) < 1.0, \
+        (a["loss_curve"], b["loss_curve"])
+    assert one["run_key"] != two["run_key"] and verify_model_dir(two["model"]) == []
+    merged = AutoModelForCausalLM.from_pretrained(two["model"], dtype=torch.float32).state_dict()
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).state_dict()
+    assert set(merged) == set(base) and any(not torch.equal(v, base[k]) for k, v in merged.items() if "q_proj" in k)
+
+
+def test_a_failed_launch_is_a_clear_error_and_publishes_nothing(tiny_model_dir: Path, tmp_path: Path) -> None:
+    from past.sft import SFTError, run_memorize
+
+    bad = SFTRecipe(max_steps_memorize=2, max_length=64, processes=2, lora_targets="no_such_module")
+    with pytest.raises(SFTError, match="accelerate launch.*exited"):
+        run_memorize(FACTS, tiny_model_dir, bad, tmp_path / "w", progress=False)
+    assert not (tmp_path / "w" / "stage1" / "model").exists()
