@@ -226,11 +226,18 @@ def test_past_up_deploys_the_prefect_yaml(tmp_path) -> None:
 
     env = {**os.environ, "PAST_HOME": str(tmp_path / "home"), "PREFECT_HOME": str(tmp_path / "prefect")}
     env.pop("PREFECT_API_URL", None)
+    serve_port = free_port()
     r = subprocess.run([str(Path(os.sys.executable).parent / "past"), "up", "--exit-after-deploy",
-                        "--prefect-port", str(free_port()), "--mlflow-port", str(free_port())],
+                        "--prefect-port", str(free_port()), "--mlflow-port", str(free_port()),
+                        "--serve", "support-bot", "--serve-port", str(serve_port)],
                        capture_output=True, text=True, env=env, timeout=400)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     assert "deployed flows" in r.stdout
+    assert f"champion of support-bot: http://127.0.0.1:{serve_port}/v1" in r.stdout  # `past serve` in the tree
+    import socket
+
+    with pytest.raises(OSError):  # ... and stopped with it
+        socket.create_connection(("127.0.0.1", serve_port), timeout=2).close()
     log = (tmp_path / "home" / "logs" / "prefect-server.log").read_text()
     assert "Uvicorn running" in log or "Application startup complete" in log or log
 

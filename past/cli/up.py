@@ -1,5 +1,5 @@
-"""`past up`: the local control plane on 127.0.0.1 - Prefect server, a process worker, the MLflow UI - and
-the deployments from deployments/prefect.yaml. Runs in the foreground; Ctrl-C or SIGTERM stops everything.
+"""`past up`: the local control plane on 127.0.0.1 - Prefect server, a process worker, the MLflow UI, and with
+`--serve NAME` the champion endpoint (`past serve`) - and the deployments from deployments/prefect.yaml. Runs in the foreground; Ctrl-C or SIGTERM stops everything.
 
 It only launches the `prefect` and `mlflow` command-line programs (no Prefect import: past/ stays free of
 the orchestrator). Prefect's state lives in <home>/prefect, logs in <home>/logs.
@@ -26,6 +26,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--prefect-port", type=int, default=4200, help="Prefect API/UI port")
     p.add_argument("--mlflow-port", type=int, default=5000, help="MLflow UI port")
     p.add_argument("--no-worker", action="store_true", help="deploy only; start no process worker")
+    p.add_argument("--serve", metavar="NAME", default="",
+                   help="also run `past serve NAME` in the tree: the champion of NAME on a stable endpoint, rolled "
+                   "on every promotion (503 until there is a champion)")
+    p.add_argument("--serve-port", type=int, default=8000, help="port of the `--serve` endpoint")
     p.add_argument("--exit-after-deploy", action="store_true", help="stop everything once deployed (smoke test)")
     p.set_defaults(func=run)
 
@@ -73,7 +77,10 @@ def terminate_tree(pids: list[int], timeout_s: float) -> list[int]:
     return [p.pid for p in alive]
 
 
-def wait_healthy(url: str, proc: subprocess.Popen, timeout_s: float, what: str) -> None:
+def wait_healthy(url: str, proc: subprocess.Popen, timeout_s: float, what: str, any_status: bool = False) -> None:
+    """Until `url` answers 200 (or, with `any_status`, answers at all: `past serve` says 503 before a champion)."""
+    import urllib.error
+
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -82,6 +89,9 @@ def wait_healthy(url: str, proc: subprocess.Popen, timeout_s: float, what: str) 
             with urllib.request.urlopen(url, timeout=2) as r:
                 if r.status == 200:
                     return
+        except urllib.error.HTTPError:
+            if any_status:
+                return
         except OSError:
             pass
         time.sleep(0.5)
@@ -148,6 +158,11 @@ def run(args: argparse.Namespace) -> int:
                                  "--port", str(args.mlflow_port)])
         wait_healthy(f"http://127.0.0.1:{args.mlflow_port}/health", ui, 120, "mlflow ui")
         print(f"MLflow UI http://127.0.0.1:{args.mlflow_port}; drop corpora into {home / 'inbox'}", flush=True)
+        if args.serve:
+            front = spawn("serve", [str(bin_dir / "past"), "serve", args.serve, "--port", str(args.serve_port)])
+            wait_healthy(f"http://127.0.0.1:{args.serve_port}/v1/models", front, 120, "past serve", any_status=True)
+            print(f"champion of {args.serve}: http://127.0.0.1:{args.serve_port}/v1 (503 until there is one)",
+                  flush=True)
         if args.exit_after_deploy:
             return 0
         print("running; Ctrl-C stops the server, worker and UI", flush=True)
