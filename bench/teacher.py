@@ -10,7 +10,8 @@ For each teacher, over the same documents (the demo's target domain, documents o
     flock -x /tmp/past-cpu.lock .venv/bin/python bench/teacher.py --docs 10 --json .bench/teacher.json
 
 Teachers: `extractive` (past.teacher), `self` (SmolLM2-135M-Instruct served by vLLM, the JSON prompt of
-past.qa), and `--gguf-model DIR` for any other converted model folder (e.g. a Gemma 3 270M conversion).
+past.qa), and `--extra-model DIR` for any other model folder (e.g. the Gemma 3 270M conversion in
+docs/BENCHMARKS.md, "Teacher candidates").
 """
 
 from __future__ import annotations
