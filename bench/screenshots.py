@@ -84,10 +84,6 @@ def main() -> None:
             shoot(browser, f"{base}/#/models/{a.model}/versions/{mv.version}", a.out / "version.png", a.wait_ms)
             shoot(browser, f"{base}/#/experiments/{exp}/runs/{mv.run_id}/model-metrics", a.out / "run-curves.png",
                   a.wait_ms)
-            # the single-metric page draws one chart (both SFT stages' losses) where the grid above stays spinners
-            q = urllib.parse.urlencode({"runs": json.dumps([mv.run_id]), "experiments": json.dumps([exp]),
-                                        "plot_metric_keys": json.dumps(["sft_memorize_loss", "sft_qa_loss"])})
-            shoot(browser, f"{base}/#/metric/sft_qa_loss?{q}", a.out / "loss-curve.png", a.wait_ms)
             runs = [mv.run_id] + ([other.run_id] if other else [])
             q = urllib.parse.urlencode({"runs": json.dumps(runs), "experiments": json.dumps([exp])})
             shoot(browser, f"{base}/#/compare-runs?{q}", a.out / "compare.png", a.wait_ms)
