@@ -89,7 +89,10 @@ def _load_check(reg: Registry, name: str) -> Finding:
 
     alias = CHAMPION if reg.champion(name) is not None else CHALLENGER
     uri = f"models:/{name}@{alias}"
-    prev = mlflow.get_registry_uri()
+    # the loader reads the registry and the tracking store through mlflow's globals: point both at this store
+    # (the defaults would create ./mlflow.db in the working directory), and put them back afterwards
+    prev = (mlflow.get_tracking_uri(), mlflow.get_registry_uri())
+    mlflow.set_tracking_uri(reg.uri)
     mlflow.set_registry_uri(reg.uri)
     try:
         model = mlflow.pyfunc.load_model(uri)
@@ -98,7 +101,8 @@ def _load_check(reg: Registry, name: str) -> Finding:
     except Exception as e:  # noqa: BLE001 - any loader failure is the finding
         return Finding(f"{uri} loads with mlflow.pyfunc", False, f"{type(e).__name__}: {e}"[:300])
     finally:
-        mlflow.set_registry_uri(prev)
+        mlflow.set_tracking_uri(prev[0])
+        mlflow.set_registry_uri(prev[1])
 
 
 def _skill_checks(reg: Registry) -> list[Finding]:
