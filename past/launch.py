@@ -6,7 +6,7 @@ manifest and publishes; only the training moves into the launched processes:
     job.json (stage arguments, rows, recipe) -> accelerate launch --multi_gpu --num_processes N -m past.launch job.json
       every rank: fit_stage(...)            TRL's trainer does DDP (NCCL on GPUs, gloo on CPU)
       rank 0:     merge LoRA, save model/ + tokenizer, then metrics.json (written last: the done-marker)
-    caller: load model/ and metrics.json
+    caller: the training check on model/ (if any), then model/'s files are moved into the published folder
 
 `--multi_gpu` is accelerate's torchrun launcher; on a machine without CUDA the ranks come up as MULTI_CPU with
 gloo (accelerate's `--cpu` flag instead selects its single-process launcher, mpirun aside). Checkpoints live in
@@ -25,11 +25,8 @@ from pathlib import Path
 LOG_TAIL = 3000
 
 
-def fit_launched(fit: dict, recipe) -> tuple:
-    """Run `fit_stage(**fit, recipe=recipe)` in `recipe.processes` DDP processes -> (merged model, tok, metrics)."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
+def fit_launched(fit: dict, recipe) -> tuple[Path, dict]:
+    """Run `fit_stage(**fit, recipe=recipe)` in `recipe.processes` DDP processes -> (merged model folder, metrics)."""
     from past.serving import free_port
     from past.sft import SFTError
 
@@ -49,9 +46,7 @@ def fit_launched(fit: dict, recipe) -> tuple:
         tail = log.read_text(errors="replace")[-LOG_TAIL:]
         raise SFTError(f"stage {fit['name']}: `accelerate launch` with {recipe.processes} processes exited {rc}"
                        f"{'' if done.is_file() else ' without a result'}; log {log}:\n{tail}")
-    metrics = json.loads(done.read_text())
-    model = AutoModelForCausalLM.from_pretrained(out / "model", dtype=torch.float32)
-    return model, AutoTokenizer.from_pretrained(out / "model"), metrics
+    return out / "model", json.loads(done.read_text())
 
 
 def main(job_path: str) -> int:

@@ -72,11 +72,12 @@ def _card_check(reg: Registry, name: str, version: str, mv) -> Finding:
     path = source_path(mv.source) / CARD
     if not path.is_file():
         return Finding(what, False, f"no {CARD} in {path.parent}")
+    run = reg.client.get_run(mv.run_id)
     try:
-        report = mlflow.artifacts.load_dict(f"{reg.client.get_run(mv.run_id).info.artifact_uri}/gate/gate-report.json")
+        report = mlflow.artifacts.load_dict(f"{run.info.artifact_uri}/gate/gate-report.json")
     except Exception as e:  # noqa: BLE001 - a missing artifact is the finding
         return Finding(what, False, f"no gate/gate-report.json on run {mv.run_id}: {e}")
-    params = reg.client.get_run(mv.run_id).data.params
+    params = run.data.params
     expected = render(name, str(version), dict(mv.tags), dict(params), report["decision"])
     same = path.read_text() == expected
     acc = report["decision"].get("metrics", {}).get("candidate_new_accuracy")

@@ -129,9 +129,13 @@ class SFTRecipe:
         return {k: getattr(self, k) for k in MEMORIZE_FIELDS if not _default_absent(k, getattr(self, k))}
 
 
+# fields added after keys were in use, with their default: left out of the key at that default, so every existing
+# key (work folder, cache entry, candidate) stays what it was
+ADDED_FIELDS = {"processes": 1}
+
+
 def _default_absent(field: str, value) -> bool:
-    """Fields added after keys were in use stay out of the key at their default: every existing key is unchanged."""
-    return field == "processes" and value == 1
+    return field in ADDED_FIELDS and value == ADDED_FIELDS[field]
 
 
 OPERATIONAL_FIELDS = ("save_steps", "save_total_limit", "save_every_s")
@@ -261,24 +265,33 @@ def train_stage(name: str, model_dir: Path, rows: list[dict], recipe: SFTRecipe,
     fit = dict(name=name, model_dir=str(model_dir), rows=rows, stage_dir=str(stage_dir), epochs=epochs, lr=lr,
                max_steps=max_steps, packing=packing, min_steps=min_steps, batch_size=batch_size or recipe.batch_size,
                progress=progress)
+    launched = None  # rank 0's saved, merged model folder when the training ran under accelerate
     if recipe.processes > 1:
         from past.launch import fit_launched
 
-        model, tok, metrics = fit_launched(fit, recipe)  # already merged by rank 0
-        merged = True
+        launched, metrics = fit_launched(fit, recipe)
+        model = tok = None
+        if after_train is not None:  # the check needs the model in memory; publishing does not
+            import torch
+            from transformers import AutoModelForCausalLM, AutoTokenizer
+
+            model = AutoModelForCausalLM.from_pretrained(launched, dtype=torch.float32)
+            tok = AutoTokenizer.from_pretrained(launched)
     else:
         trainer, tok, metrics = fit_stage(recipe=recipe, **fit)
-        model, merged = trainer.model, False
+        model = trainer.model
     metrics |= extra_metrics or {}
     if after_train is not None:
         metrics |= after_train(model, tok)
     if save_model:
-        if recipe.use_lora and not merged:
-            model = model.merge_and_unload()
         tmp = staging_dir(final_dir)
         try:
-            model.save_pretrained(tmp, safe_serialization=True)
-            tok.save_pretrained(tmp)
+            if launched is not None:  # already merged and saved by rank 0: move its files, do not save again
+                for f in launched.iterdir():
+                    shutil.move(str(f), tmp / f.name)
+            else:
+                (model.merge_and_unload() if recipe.use_lora else model).save_pretrained(tmp, safe_serialization=True)
+                tok.save_pretrained(tmp)
             write_manifest(tmp, source=f"past-sft:{name}", base_model=str(model_dir), sft=metrics,
                            **(manifest_extra or {}))
             publish_dir(tmp, final_dir, replace=True)
