@@ -48,6 +48,7 @@ def main() -> None:
     ap.add_argument("--n-qa", type=int, default=8, help="teacher QA per document (teacher_n_qa)")
     ap.add_argument("--reuse-stage1", type=Path, default=None,
                     help="keep the stage-1 model here and reuse it when its key matches (stage-2 variants)")
+    ap.add_argument("--keep-model", type=Path, default=None, help="copy the two-stage SFT model folder here")
     ap.add_argument("--json", type=Path, default=None)
     a = ap.parse_args()
 
@@ -75,6 +76,8 @@ def main() -> None:
         sft_s = time.perf_counter() - t0
         if a.reuse_stage1 and not (a.reuse_stage1 / "stage1").is_dir():
             shutil.copytree(work / "stage1", a.reuse_stage1 / "stage1", ignore=shutil.ignore_patterns("checkpoints"))
+        if a.keep_model:
+            shutil.copytree(Path(tmp) / "model", a.keep_model, dirs_exist_ok=True)
         train = read_qa_jsonl(work / "splits" / "train.jsonl")
         held = read_qa_jsonl(work / "splits" / "eval.jsonl")
         # general ability: the gate's fixed general prompts, asked the same way (a forgetting check)
