@@ -12,6 +12,7 @@ asks (a) the chat question, as the gate does, and (b) the sentence prefix as pla
 the held-out item's *fact* (same document, same answer) is trained under another sentence.
 
     .venv/bin/python bench/heldout_probe.py --model DIR [--model DIR ...] --domain source --seed 0 --json out.json
+    .venv/bin/python bench/heldout_probe.py --domain target --n-source 8 --seed 1   # the demo's split, no model
 """
 
 from __future__ import annotations
@@ -58,10 +59,12 @@ def rate(ok: list[bool]) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", type=Path, action="append", required=True)
+    ap.add_argument("--model", type=Path, action="append", default=[],
+                    help="model folder to probe (repeatable); none: only count the split's shared facts")
     ap.add_argument("--domain", choices=["source", "target"], default="source")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--products", type=int, default=10)
+    ap.add_argument("--n-source", type=int, default=None, help="source products if not --products (the demo: 8)")
     ap.add_argument("--n-qa", type=int, default=8)
     ap.add_argument("--eval-fraction", type=float, default=0.3)
     ap.add_argument("--split-by", choices=["document", "question"], default="question")
@@ -72,7 +75,7 @@ def main() -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     s = load_settings(teacher_n_qa=a.n_qa)
-    src, tgt = make_domains(a.seed, n_source=a.products, n_target=a.products)
+    src, tgt = make_domains(a.seed, n_source=a.n_source or a.products, n_target=a.products)
     with tempfile.TemporaryDirectory() as tmp:
         corpus = load_corpus(write_corpus(src if a.domain == "source" else tgt, Path(tmp) / "c", rewrites=3, qa_kinds=()))
         qa = read_qa_jsonl(Path(teach_corpus(s, corpus, Path(tmp) / "t")["path"]) / "qa.jsonl")
