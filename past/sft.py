@@ -40,7 +40,7 @@ from pathlib import Path
 from past.fields import opt as _f
 from past.memory import PeakRSS
 from past.keys import content_key
-from past.corpus import Corpus, QAPair, load_corpus, write_splits
+from past.corpus import Corpus, QAPair, load_corpus, split_qa, write_splits
 from past.errors import PastError
 from past.models import MANIFEST, model_id, publish_dir, staging_dir, verify_model_dir, write_manifest
 
@@ -83,6 +83,9 @@ class SFTRecipe:
     max_steps_memorize: int = _f(-1, "Cap stage 1 at N steps (overrides epochs when > 0; tests, benchmarks).")
     max_steps_qa: int = _f(-1, "Cap stage 2 at N steps (overrides epochs when > 0).")
     skip_memorize: bool = _f(False, "Skip stage 1 (QA-only SFT).")
+    mix_qa: bool = _f(False, "Stage 1 also trains the training-side QA, chat-rendered, packed with the documents "
+                      "(mixed training, Allen-Zhu & Li 2023; a departure from the paper's two stages). Held-out QA "
+                      "never enters stage 1.")
     processes: int = _f(1, "Training processes per stage: N > 1 runs each stage's training under `accelerate launch "
                         "--multi_gpu --num_processes N` (DDP: NCCL on GPUs, gloo on CPU; past.launch); the effective "
                         "batch is then N × batch × grad_accum. In the key only when > 1.")
@@ -131,7 +134,7 @@ class SFTRecipe:
 
 # fields added after keys were in use, with their default: left out of the key at that default, so every existing
 # key (work folder, cache entry, candidate) stays what it was
-ADDED_FIELDS = {"processes": 1}
+ADDED_FIELDS = {"processes": 1, "mix_qa": False}
 
 
 def _default_absent(field: str, value) -> bool:
@@ -142,7 +145,7 @@ OPERATIONAL_FIELDS = ("save_steps", "save_total_limit", "save_every_s")
 # what stage 1 depends on: changing a stage-2 field (its lr, steps, rehearsal, split) must not retrain stage 1
 MEMORIZE_FIELDS = ("use_lora", "lora_r", "lora_alpha", "lora_dropout", "lora_targets", "epochs_memorize", "lr_memorize",
                    "lr_scheduler", "warmup", "batch_size_memorize", "grad_accum", "max_length", "chunk_overlap",
-                   "min_steps_memorize", "max_steps_memorize", "seed", "processes")
+                   "min_steps_memorize", "max_steps_memorize", "seed", "processes", "mix_qa")
 
 
 class SFTError(PastError):
@@ -181,6 +184,16 @@ def memorize_rows(corpus: Corpus, tokenizer, max_length: int, overlap: int,
               "coverage": round(covered / corpus_tokens, 6) if corpus_tokens else 1.0,
               "window_tokens": sum(len(r["input_ids"]) for r in rows)}
     return rows, report
+
+
+def mixed_qa_rows(tokenizer, pairs: list[QAPair]) -> list[dict]:
+    """Training QA as stage-1 rows: each pair rendered by the model's chat template, loss on every token."""
+    rows = []
+    for p in pairs:
+        ids = tokenizer.apply_chat_template([{"role": "user", "content": p.question},
+                                             {"role": "assistant", "content": p.answer}], tokenize=False)
+        rows.append({"input_ids": tokenizer(ids, add_special_tokens=False)["input_ids"]})
+    return rows
 
 
 def qa_examples(pairs: list[QAPair]) -> list[dict]:
@@ -432,26 +445,36 @@ def _corpus_qa(corpus: Corpus, qa: list[QAPair] | None, where: Path) -> list[QAP
 
 
 def run_memorize(corpus_path: Path, base_model: Path, recipe: SFTRecipe, work_dir: Path,
-                 implications: dict[str, list[str]] | None = None, progress: bool = True) -> dict:
-    """Stage 1 alone -> {"model": <work>/stage1/model, "metrics", "run_key"}; skipped if already done."""
+                 implications: dict[str, list[str]] | None = None, progress: bool = True,
+                 qa: list[QAPair] | None = None) -> dict:
+    """Stage 1 alone -> {"model": <work>/stage1/model, "metrics", "run_key"}; skipped if already done.
+    With `recipe.mix_qa`, the training side of the QA (corpus + `qa`, split exactly as stage 2 will split it)
+    is trained here too."""
     corpus = load_corpus(corpus_path)
+    mixed: list[QAPair] = []
+    if recipe.mix_qa:
+        mixed = split_qa(_corpus_qa(corpus, qa, Path(corpus_path)), recipe.eval_fraction, recipe.seed,
+                         recipe.split_by)[0]
     key = content_key(stage="memorize", corpus=corpus.id, base=model_id(base_model), recipe=recipe.memorize_key(),
-               impl=implications or {})
+               impl=implications or {}, **({"mixed": sorted(p.id for p in mixed)} if mixed else {}))
     s1 = Path(work_dir) / "stage1"
     if _done(s1 / "model", key):
         m1 = json.loads((s1 / "metrics.json").read_text()) | {"skipped": True}
     else:
         from transformers import AutoTokenizer
 
-        rows, cover = memorize_rows(corpus, AutoTokenizer.from_pretrained(base_model), recipe.max_length,
-                                    min(recipe.chunk_overlap, recipe.max_length // 4), implications)
+        tok = AutoTokenizer.from_pretrained(base_model)
+        rows, cover = memorize_rows(corpus, tok, recipe.max_length, min(recipe.chunk_overlap, recipe.max_length // 4),
+                                    implications)
+        rows += mixed_qa_rows(tok, mixed)
         m1 = train_stage("memorize", Path(base_model), rows, recipe, s1, s1 / "model", recipe.epochs_memorize,
                          recipe.lr_memorize, recipe.max_steps_memorize, packing=True,
                          manifest_extra={"run_key": key, "corpus_id": corpus.id}, progress=progress,
                          min_steps=recipe.min_steps_memorize, batch_size=recipe.batch_size_memorize, extra_metrics={
                              "coverage": cover["coverage"], "corpus_tokens": cover["corpus_tokens"],
                              "windows": cover["window_count"], "texts_split": cover["texts_split"],
-                             "implications": sum(len(v) for v in (implications or {}).values())})
+                             "implications": sum(len(v) for v in (implications or {}).values()),
+                             **({"mixed_qa": len(mixed)} if mixed else {})})
     return {"model": s1 / "model", "metrics": m1, "run_key": key}
 
 
@@ -540,7 +563,7 @@ def run_sft(corpus_path: Path, out_dir: Path, base_model: Path, recipe: SFTRecip
     stage1 = base_model
     m1 = None
     if not recipe.skip_memorize:
-        r1 = run_memorize(corpus_path, base_model, recipe, work, implications, progress=progress)
+        r1 = run_memorize(corpus_path, base_model, recipe, work, implications, progress=progress, qa=qa)
         stage1, m1 = r1["model"], r1["metrics"]
     r2 = run_qa(corpus_path, stage1, base_model, recipe, work, out_dir, qa=qa, overwrite=overwrite,
                 progress=progress, demos=demos)

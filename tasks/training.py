@@ -75,7 +75,10 @@ def base_model() -> dict:
 def sft_memorize(corpus: dict, base: dict, work_dir: str, teacher: dict | None = None, sft: dict | None = None) -> dict:
     """SFT stage 1: causal-LM loss on the documents (+ teacher implications), every token in some window."""
     impl = read_implications(Path(teacher["path"]) / "implications.jsonl") if teacher and teacher.get("generated") else None
-    r = run_memorize(Path(corpus["path"]), require(base), sft_recipe(sft), Path(work_dir), implications=impl)
+    recipe = sft_recipe(sft)
+    extra = read_qa_jsonl(Path(teacher["path"]) / "qa.jsonl") if recipe.mix_qa and teacher and teacher.get("generated") \
+        else None  # mixed training: stage 1 needs the same QA stage 2 splits
+    r = run_memorize(Path(corpus["path"]), require(base), recipe, Path(work_dir), implications=impl, qa=extra)
     return artifact(r["model"], metrics=r["metrics"])
 
 

@@ -251,3 +251,28 @@ def test_a_failed_launch_is_a_clear_error_and_publishes_nothing(tiny_model_dir: 
     with pytest.raises(SFTError, match="accelerate launch.*exited"):
         run_memorize(FACTS, tiny_model_dir, bad, tmp_path / "w", progress=False)
     assert not (tmp_path / "w" / "stage1" / "model").exists()
+
+
+def test_mixed_training_puts_the_training_qa_and_only_it_into_stage1(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """mix_qa: stage 1 trains the training side of the QA, split exactly as stage 2 splits it; a held-out
+    question never reaches stage 1; the stage-1 key changes with it (a new stage-1 model, not the old one)."""
+    from transformers import AutoTokenizer
+
+    from past.corpus import split_qa
+    from past.sft import mixed_qa_rows, run_memorize, run_qa
+
+    c = load_corpus(FACTS)
+    recipe = SFTRecipe(max_steps_memorize=1, max_steps_qa=1, batch_size=4, max_length=128, mix_qa=True,
+                       split_by="question", eval_fraction=0.3, replay_examples=0, check_train_qa=0)
+    plain = run_memorize(FACTS, tiny_model_dir, SFTRecipe(max_steps_memorize=1, max_length=128), tmp_path / "w0",
+                         progress=False)
+    r1 = run_memorize(FACTS, tiny_model_dir, recipe, tmp_path / "work", progress=False)
+    train, held = split_qa(list(c.qa), 0.3, 0, "question")
+    assert held and r1["metrics"]["mixed_qa"] == len(train) and r1["run_key"] != plain["run_key"]
+    r2 = run_qa(FACTS, r1["model"], tiny_model_dir, recipe, tmp_path / "work", tmp_path / "out", progress=False)
+    trained = {json.loads(x)["id"] for x in Path(r2["train_split"]).read_text().splitlines()}
+    assert trained == {p.id for p in train}  # stage 1 mixed in exactly stage 2's training side
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    text = tok.decode(mixed_qa_rows(tok, train[:1])[0]["input_ids"])
+    assert train[0].question in text and train[0].answer in text
+    assert not any(p.question in tok.decode(r["input_ids"]) for p in held for r in mixed_qa_rows(tok, train))
