@@ -67,7 +67,7 @@ def main() -> None:
     ap.add_argument("--n-source", type=int, default=None, help="source products if not --products (the demo: 8)")
     ap.add_argument("--n-qa", type=int, default=8)
     ap.add_argument("--eval-fraction", type=float, default=0.3)
-    ap.add_argument("--split-by", choices=["document", "question"], default="question")
+    ap.add_argument("--split-by", choices=["document", "question", "fact"], default="question")
     ap.add_argument("--json", type=Path, default=None)
     a = ap.parse_args()
 

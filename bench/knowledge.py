@@ -44,7 +44,7 @@ def main() -> None:
     ap.add_argument("--replay", type=int, default=0, help="stage-2 rehearsal examples (sft_replay_examples)")
     ap.add_argument("--batch-memorize", type=int, default=8, help="stage-1 packed blocks per batch")
     ap.add_argument("--eval-fraction", type=float, default=0.3)
-    ap.add_argument("--split-by", choices=["document", "question"], default="document")
+    ap.add_argument("--split-by", choices=["document", "question", "fact"], default="document")
     ap.add_argument("--n-qa", type=int, default=8, help="teacher QA per document (teacher_n_qa)")
     ap.add_argument("--reuse-stage1", type=Path, default=None,
                     help="keep the stage-1 model here and reuse it when its key matches (stage-2 variants)")

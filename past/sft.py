@@ -40,7 +40,7 @@ from pathlib import Path
 from past.fields import opt as _f
 from past.memory import PeakRSS
 from past.keys import content_key
-from past.corpus import Corpus, QAPair, load_corpus, split_qa, write_splits
+from past.corpus import SPLIT_BY, Corpus, QAPair, load_corpus, split_qa, write_splits
 from past.errors import PastError
 from past.models import MANIFEST, model_id, publish_dir, staging_dir, verify_model_dir, write_manifest
 
@@ -74,7 +74,8 @@ class SFTRecipe:
     replay_max_tokens: int = _f(96, "Stage 2: longest base-model answer to a rehearsal prompt, in tokens.")
     check_train_qa: int = _f(32, "Training check: training questions asked closed-book after stage 2 (0 = off).")
     eval_fraction: float = _f(0.2, "Share of documents (or questions, see split_by) held out for the eval gate.")
-    split_by: str = _f("document", "Held-out unit: `document` (its QA never trained) or `question`.")
+    split_by: str = _f("document", "Held-out unit: `document` (its QA never trained), `question`, or `fact` (a "
+                       "held-out question's fact is also asked by another training question; past.corpus.split_qa).")
     seed: int = _f(0, "Seed of the split, LoRA init and data order.")
     save_steps: int = _f(50, "Checkpoint every N optimizer steps (resume point after a crash).")
     save_total_limit: int = _f(2, "Checkpoints kept per stage.")
@@ -98,7 +99,7 @@ class SFTRecipe:
                     min_steps_qa=settings.sft_min_steps_qa, eval_fraction=settings.sft_eval_fraction,
                     replay_examples=settings.sft_replay_examples, batch_size_memorize=settings.sft_batch_size_memorize,
                     split_by=settings.sft_split_by, lora_r=settings.sft_lora_r,
-                    lora_alpha=settings.sft_lora_alpha, processes=settings.sft_processes)
+                    lora_alpha=settings.sft_lora_alpha, processes=settings.sft_processes, mix_qa=settings.sft_mix_qa)
         unknown = sorted(set(overrides) - {f.name for f in fields(cls)})
         if unknown:  # e.g. a deployment run's `sft` parameter with a misspelt field: refuse before any training
             raise SFTError(f"unknown SFT recipe field(s) {unknown}; known: {sorted(f.name for f in fields(cls))}")
@@ -113,8 +114,8 @@ class SFTRecipe:
             raise SFTError(f"recipe max_length {self.max_length} must be ≥ 16")
         if self.chunk_overlap < 0:
             raise SFTError(f"recipe chunk_overlap {self.chunk_overlap} must be ≥ 0")
-        if self.split_by not in ("document", "question"):
-            raise SFTError(f"recipe split_by {self.split_by!r}: expected `document` or `question`")
+        if self.split_by not in SPLIT_BY:
+            raise SFTError(f"recipe split_by {self.split_by!r}: expected one of {SPLIT_BY}")
         if self.batch_size < 1 or self.batch_size_memorize < 1:
             raise SFTError("recipe batch_size and batch_size_memorize must be ≥ 1")
         for name in ("min_steps_memorize", "min_steps_qa", "check_train_qa", "replay_examples"):

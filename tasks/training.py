@@ -35,7 +35,7 @@ def grpo_recipe() -> GRPORecipe:
     s = settings()
     return GRPORecipe(max_steps=s.grpo_max_steps, num_generations=s.grpo_num_generations,
                       prompts_per_step=s.grpo_prompts_per_step,
-                      max_completion_length=s.grpo_max_completion_length, seed=s.seed)
+                      max_completion_length=s.grpo_max_completion_length, seed=s.seed, processes=s.grpo_processes)
 
 
 def sft_key() -> dict:
@@ -45,8 +45,7 @@ def sft_key() -> dict:
 def refine_key() -> dict:
     """What a refinement round's result depends on: both recipes and the judge (not the checkpoint cadence)."""
     s = settings()
-    grpo = {k: v for k, v in dataclasses.asdict(grpo_recipe()).items() if k != "save_steps"}
-    return {"sft": sft_key(), "grpo": grpo, "judge": {f: getattr(s, f) for f in JUDGE_FIELDS}}
+    return {"sft": sft_key(), "grpo": grpo_recipe().key(), "judge": {f: getattr(s, f) for f in JUDGE_FIELDS}}
 
 
 def candidate_key(base: dict, sft: dict | None = None) -> str:
@@ -100,6 +99,9 @@ def sft_qa(corpus: dict, stage1: dict, base: dict, work_dir: str, out_dir: str, 
     atomic_write(keep, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
     flat = {f"sft_{stage}_{k}": v for stage in ("memorize", "qa") for k, v in (r["metrics"].get(stage) or {}).items()
             if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    split = r["metrics"].get("split") or {}
+    if "eval_facts_also_trained" in split:  # what the held-out items measure (split_by): paraphrases or unseen facts
+        flat |= {"split_eval": split["eval"], "split_eval_facts_also_trained": split["eval_facts_also_trained"]}
     if r["metrics"].get("replay"):
         flat["sft_replay_examples"] = r["metrics"]["replay"]["examples"]
     check = (r["metrics"].get("qa") or {}).get("train_recall")

@@ -149,3 +149,17 @@ def test_kubernetes_deployments_run_from_the_image_not_a_host_checkout() -> None
             assert where == workdir, d["name"]
         else:
             assert where == "{{ $PAST_REPO }}", d["name"]
+
+
+def test_corpus_split_takes_the_held_out_unit(tmp_path: Path) -> None:
+    import json
+
+    facts = Path(__file__).parent / "data" / "facts"
+    r = past("corpus", "split", str(facts), "--out", str(tmp_path / "q"), "--by", "question")
+    assert r.returncode == 0, r.stderr
+    assert json.loads((tmp_path / "q" / "split.json").read_text())["by"] == "question"
+    r = past("corpus", "split", str(facts), "--out", str(tmp_path / "f"), env={"PAST_SFT_SPLIT_BY": "fact"})
+    summary = json.loads((tmp_path / "f" / "split.json").read_text())
+    assert r.returncode == 0 and summary["by"] == "fact" and summary["eval"] == 0  # every fact asked once
+    r = past("corpus", "split", str(facts), "--out", str(tmp_path / "x"), env={"PAST_SFT_SPLIT_BY": "paragraph"})
+    assert r.returncode == 2 and "sft_split_by" in r.stderr

@@ -17,7 +17,7 @@ import pytest
 
 from past.config import load_settings
 from past.corpus import (Limits, QAPair, check_or_quarantine, corpus_hash, load_corpus, materialize, read_meta,
-                         split_qa, validate, write_meta, write_splits)
+                         fact_key, split_qa, validate, write_meta, write_splits)
 
 FACTS = Path(__file__).parent / "data" / "facts"
 
@@ -276,6 +276,44 @@ def test_split_by_question_holds_out_questions_of_trained_documents() -> None:
     assert {p.doc_id for p in held} & {p.doc_id for p in train}, "held-out questions about trained documents"
     with pytest.raises(ValueError, match="split by"):
         split_qa(c.qa, 0.2, by="paragraph")
+
+
+def _paraphrased_qa() -> list[QAPair]:
+    """6 facts: 4 asked twice (different sentences), 1 asked three times, 1 asked once; plus a question whose
+    answer equals a fact's but about another document (another fact)."""
+    qa = []
+    for f in range(6):
+        n = {4: 3, 5: 1}.get(f, 2)
+        qa += [QAPair(id=f"{f}-{k}", question=f"sentence {k} about fact {f}?", answer=f"The Value {f}.",
+                      doc_id=f"d{f % 2}") for k in range(n)]
+    return qa + [QAPair(id="x", question="same answer, other document", answer="value 0", doc_id="d1")]
+
+
+def test_split_by_fact_holds_out_only_paraphrases_of_trained_facts() -> None:
+    qa = _paraphrased_qa()
+    for seed in range(5):
+        train, held = split_qa(qa, 0.4, seed=seed, by="fact")
+        assert (train, held) == split_qa(qa, 0.4, seed=seed, by="fact")
+        assert len(train) + len(held) == len(qa) and len(held) == 5  # round(13 * 0.4) candidates exist: 4 + 2 = 6
+        trained = {fact_key(p) for p in train}
+        assert all(fact_key(p) in trained for p in held), "every held-out question's fact is also trained"
+        assert {fact_key(p) for p in qa} == trained, "every fact of the corpus is trained"
+        assert "5-0" not in {p.id for p in held} and "x" not in {p.id for p in held}  # asked once: never held out
+    # too few paraphrases for the share asked: only the candidates are held out, never a fact's last question
+    train, held = split_qa(qa, 0.9, seed=0, by="fact")
+    assert len(held) == 6 and {fact_key(p) for p in train} == {fact_key(p) for p in qa}
+    # the question split on the same QA leaves facts untrained (what `fact` exists to prevent)
+    assert any({fact_key(p) for p in split_qa(qa, 0.4, seed=s, by="question")[0]} != {fact_key(p) for p in qa}
+               for s in range(5))
+
+
+def test_split_summary_counts_held_out_facts_also_trained(tmp_path: Path) -> None:
+    c = load_corpus(FACTS)
+    by_fact = write_splits(c, tmp_path / "f", _paraphrased_qa(), eval_fraction=0.4, seed=0, by="fact")
+    assert by_fact["eval_facts_also_trained"] == by_fact["eval"] == 5
+    # FACTS asks every fact once: the question split's held-out facts are never trained, the fact split has none
+    assert write_splits(c, tmp_path / "q", eval_fraction=0.2, seed=0, by="question")["eval_facts_also_trained"] == 0
+    assert write_splits(c, tmp_path / "n", eval_fraction=0.2, seed=0, by="fact")["eval"] == 0
 
 
 def test_split_seed_changes_groups() -> None:

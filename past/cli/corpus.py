@@ -23,15 +23,17 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="move an invalid corpus to <home>/quarantine/<name>-<time>/ with reasons.json")
     v.set_defaults(func=run_validate)
 
-    s = csub.add_parser("split", help="deterministic train/eval QA split by document",
+    s = csub.add_parser("split", help="deterministic train/eval QA split (by document, question or fact)",
                         description="Writes train.jsonl, eval.jsonl (id, question, answer, doc_id, corpus_id) "
                         "and split.json into --out.")
     s.add_argument("path", type=Path, help="corpus folder or archive")
     s.add_argument("--out", type=Path, required=True, help="output folder")
     s.add_argument("--qa", type=Path, default=None, help="QA file to split instead of the corpus's qa.jsonl "
                    "(e.g. from generate-qa)")
-    s.add_argument("--eval-fraction", type=float, default=0.2, help="share of documents held out (default 0.2)")
+    s.add_argument("--eval-fraction", type=float, default=0.2, help="share held out (default 0.2)")
     s.add_argument("--seed", type=int, default=None, help="split seed (default: the seed setting)")
+    s.add_argument("--by", choices=["document", "question", "fact"], default=None,
+                   help="held-out unit (default: the sft_split_by setting); see docs/corpus.md")
     s.set_defaults(func=run_split)
 
     g = csub.add_parser("generate-qa", help="ask a teacher endpoint for QA pairs and implications per document",
@@ -96,11 +98,12 @@ def run_split(args: argparse.Namespace) -> int:
     from past.config import load_settings
     from past.corpus import load_corpus, read_qa_jsonl, write_splits
 
-    seed = args.seed if args.seed is not None else load_settings().seed
+    st = load_settings()
+    seed = args.seed if args.seed is not None else st.seed
     with opened_corpus(args.path) as root:
         corpus = load_corpus(root)
         qa = read_qa_jsonl(args.qa) if args.qa else None
-        summary = write_splits(corpus, args.out, qa, args.eval_fraction, seed)
+        summary = write_splits(corpus, args.out, qa, args.eval_fraction, seed, args.by or st.sft_split_by)
     print(json.dumps(summary, indent=2))
     return 0
 
