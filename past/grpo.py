@@ -51,6 +51,14 @@ class GRPORecipe:
     save_steps: int = _f(10, "Checkpoint every N steps (resume point after a crash).")
     seed: int = _f(0, "Sampling/shuffle seed.")
     use_vllm: bool | None = _f(None, "Generate with vLLM (TRL colocate). None = only when CUDA and vllm exist.")
+    processes: int = _f(1, "Training processes: N > 1 runs the GRPO run under `accelerate launch --multi_gpu "
+                        "--num_processes N` (DDP: NCCL on GPUs, gloo on CPU; past.launch). Each process samples "
+                        "and trains `prompts_per_step` questions a step, so a step sees N × prompts_per_step.")
+
+    def key(self) -> dict:
+        """The fields that change the trained model (not the checkpoint cadence; `processes` only when > 1, so
+        keys made before the field existed stay valid)."""
+        return {k: v for k, v in asdict(self).items() if k != "save_steps" and not (k == "processes" and v == 1)}
 
 
 @dataclass
@@ -65,6 +73,7 @@ class GRPOResult:
     resumed_from_step: int
     learning: dict = field(default_factory=dict)  # learning_gate(reward_curve): did this run learn anything?
     peak_rss_gb: float | None = None  # this process's peak resident memory while training (past.sft.PeakRSS)
+    processes: int = 1  # DDP processes the run trained in (recipe.processes)
 
     def to_json(self) -> dict:
         d = asdict(self)
@@ -126,11 +135,9 @@ def train_grpo(
     `judge` (e.g. past.rewards.JudgeReward) and `extra_rewards` (TRL-convention callables) are added to the
     recipe's rule rewards with weight 1. `rollout_func` replaces TRL's one-turn sampling (e.g.
     past.tool_rollout.ToolRollout: whole tool episodes, rewarded by the `episode*` rule rewards).
+    With `recipe.processes` > 1 the training runs in that many DDP processes (past.launch); the judge and the
+    tool rollout are rebuilt from their descriptions in each, and this process publishes rank 0's policy.
     """
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
-    from trl import GRPOConfig, GRPOTrainer
-
     from past.models import publish_dir, staging_dir, write_manifest
     from past.rewards import RULE_REWARDS
 
@@ -165,9 +172,64 @@ def train_grpo(
         raise GRPOError(f"{len(qa)} questions but prompts_per_step = {recipe.prompts_per_step}: every step needs "
                         "that many distinct questions, so GRPO would train nothing; give more questions or lower "
                         "prompts_per_step (setting grpo_prompts_per_step)")
+    if recipe.processes < 1:
+        raise GRPOError(f"recipe processes {recipe.processes} must be ≥ 1")
     work = Path(work_dir) if work_dir else out_dir.parent / f".grpo-work-{out_dir.name}"
     work.mkdir(parents=True, exist_ok=True)
 
+    t0 = time.monotonic()
+    with PeakRSS() as rss:
+        if recipe.processes > 1:
+            from past.launch import fit_grpo_launched
+
+            if extra_rewards or callbacks:
+                raise GRPOError("extra_rewards and callbacks are Python objects that cannot cross into launched "
+                                "processes; run with processes = 1, or pass the judge (rebuilt in each process)")
+            model_src, fields = fit_grpo_launched(init_model_dir, qa, work, recipe, judge, rollout_func)
+            trainer = None
+        else:
+            trainer, fields = fit_grpo(init_model_dir, qa, work, recipe, judge, extra_rewards, callbacks, rollout_func)
+    wall = time.monotonic() - t0
+
+    result = GRPOResult(model_dir=out_dir, wall_s=wall, peak_rss_gb=rss.peak_gb, **fields)
+    tmp = staging_dir(out_dir)
+    try:
+        if trainer is not None:
+            save_policy(trainer, tmp)
+        else:  # rank 0 saved the policy under the launch folder: move its files in
+            tmp.mkdir(parents=True, exist_ok=True)
+            for f in Path(model_src).iterdir():
+                shutil.move(str(f), tmp / f.name)
+        # The run's curves travel inside the published folder's manifest: a resumed caller reads them there.
+        write_manifest(tmp, source="grpo", init=str(init_model_dir), recipe=asdict(recipe), grpo=result.to_json())
+        publish_dir(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    shutil.rmtree(work, ignore_errors=True)  # checkpoints are only a resume point; the model is published
+    return result
+
+
+def save_policy(trainer, folder: Path) -> None:
+    """The trained policy, its tokenizer and generation config, as safetensors."""
+    trainer.model.save_pretrained(folder, safe_serialization=True)
+    trainer.processing_class.save_pretrained(folder)
+    trainer.model.generation_config.save_pretrained(folder)
+
+
+def fit_grpo(init_model_dir, qa: list[dict], work: Path, recipe: GRPORecipe, judge: Callable | None = None,
+             extra_rewards: list[Callable] | None = None, callbacks: list | None = None,
+             rollout_func: Callable | None = None) -> tuple[Any, dict]:
+    """Build TRL's GRPOTrainer and train (resuming from `work`'s last checkpoint) -> (trainer, GRPOResult fields).
+
+    Runs in this process, or in each of N processes under `accelerate launch` (the trainer then does DDP)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import GRPOConfig, GRPOTrainer
+
+    from past.rewards import RULE_REWARDS
+
+    batch = recipe.prompts_per_step * recipe.num_generations
     cuda = torch.cuda.is_available()
     use_vllm = recipe.use_vllm if recipe.use_vllm is not None else (cuda and importlib.util.find_spec("vllm") is not None)
     reward_funcs: list = [RULE_REWARDS[r] for r in recipe.rewards]
@@ -197,7 +259,7 @@ def train_grpo(
         seed=recipe.seed,
         report_to="none",
         use_cpu=not cuda,
-        bf16=cuda,
+        bf16=cuda and torch.cuda.is_bf16_supported(),  # pre-Ampere GPUs: fp32
         gradient_checkpointing=False,
         use_vllm=use_vllm,
         vllm_mode="colocate",
@@ -210,11 +272,7 @@ def train_grpo(
 
     ckpt = _last_checkpoint(work)
     resumed = int(ckpt.name.split("-")[-1]) if ckpt else 0
-    t0 = time.monotonic()
-    with PeakRSS() as rss:
-        trainer.train(resume_from_checkpoint=str(ckpt) if ckpt else None)
-    wall = time.monotonic() - t0
-
+    trainer.train(resume_from_checkpoint=str(ckpt) if ckpt else None)
     if trainer.state.global_step < recipe.max_steps:  # never publish a model that did not get its budget
         raise GRPOError(f"GRPO stopped after {trainer.state.global_step} of {recipe.max_steps} steps "
                         f"({len(qa)} questions, {batch} completions a step); nothing published")
@@ -225,27 +283,13 @@ def train_grpo(
     judge_stats: dict[str, Any] = judge.stats() if judge is not None and hasattr(judge, "stats") else {}
     if judge is not None:  # what the reward reported through TRL's log_metric, per logged step
         judge_stats["fallback_frac_curve"] = [h.get("judge/fallback_frac", float("nan")) for h in logs]
-
-    result = GRPOResult(
-        model_dir=out_dir, steps=trainer.state.global_step,
-        reward_curve=[h["reward"] for h in logs], reward_std_curve=[h.get("reward_std", float("nan")) for h in logs],
-        per_reward_curves=per_reward, judge=judge_stats, wall_s=wall, resumed_from_step=resumed,
-        learning=learning_gate([h["reward"] for h in logs], window=min(20, max(2, len(logs) // 2))),
-        peak_rss_gb=rss.peak_gb,
-    )
-    tmp = staging_dir(out_dir)
-    try:
-        trainer.model.save_pretrained(tmp, safe_serialization=True)
-        tok.save_pretrained(tmp)
-        trainer.model.generation_config.save_pretrained(tmp)
-        # The run's curves travel inside the published folder's manifest: a resumed caller reads them there.
-        write_manifest(tmp, source="grpo", init=str(init_model_dir), recipe=asdict(recipe), grpo=result.to_json())
-        publish_dir(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    shutil.rmtree(work, ignore_errors=True)  # checkpoints are only a resume point; the model is published
-    return result
+    fields = dict(steps=trainer.state.global_step, reward_curve=[h["reward"] for h in logs],
+                  reward_std_curve=[h.get("reward_std", float("nan")) for h in logs], per_reward_curves=per_reward,
+                  judge=judge_stats, resumed_from_step=resumed,
+                  learning=learning_gate([h["reward"] for h in logs], window=min(20, max(2, len(logs) // 2))))
+    if trainer.accelerator.num_processes > 1:
+        fields["processes"] = trainer.accelerator.num_processes
+    return trainer, fields
 
 
 def read_result(model_dir: str | Path) -> dict:

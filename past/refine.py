@@ -222,6 +222,7 @@ def run_round(k: int, partition: Path, base_model: Path, prev_vector: Path | Non
         "grpo": {key: grpo[key] for key in ("steps", "reward_curve", "reward_std_curve", "per_reward_curves",
                                              "judge", "wall_s")} | {"questions": grpo_questions, "n_questions": len(train_qa),
                  "rewards": list(grpo_recipe.rewards), "max_completion_length": grpo_recipe.max_completion_length,
+                 "processes": grpo.get("processes", 1),
                  # did this round's RL learn? (first vs last min(20, steps/2) steps; a vector that did not is noise)
                  "learning": learning_gate(grpo["reward_curve"], window=min(20, max(2, len(grpo["reward_curve"]) // 2)))},
         "orthogonality": orthogonality_summary(report) | {"report_dir": str(ortho_dir)},

@@ -136,6 +136,22 @@ class JudgeReward:
     def disabled(self) -> bool:
         return self._consecutive_failures >= self.max_consecutive_failures
 
+    API_KEY_ENV = "PAST_LAUNCH_JUDGE_API_KEY"  # how the key reaches launched processes (never written to a file)
+
+    def describe(self) -> dict:
+        """Everything that makes this reward except the API key, as JSON: each launched GRPO process rebuilds it."""
+        j = self.judge
+        return {"base_url": j.base_url, "model": j.model, "timeout_s": j.timeout_s, "retries": j.retries,
+                "backoff_s": j.backoff_s, "prompt": j.prompt, "cache_path": str(j.cache.path) if j.cache.path else None,
+                "max_consecutive_failures": self.max_consecutive_failures, "concurrency": self.concurrency}
+
+    @classmethod
+    def from_description(cls, d: dict, api_key: str = "EMPTY") -> "JudgeReward":
+        judge = Judge(d["base_url"], d["model"], api_key, d["timeout_s"], d["retries"], d["backoff_s"], d["cache_path"],
+                      d["prompt"])
+        return cls(d["base_url"], d["model"], max_consecutive_failures=d["max_consecutive_failures"],
+                   concurrency=d["concurrency"], judge=judge)
+
     @property
     def calls(self) -> int:
         """HTTP requests made to the judge (retries included)."""

@@ -64,6 +64,15 @@ def _kill_leftovers() -> None:  # last line of defence if a caller forgot to sto
         server.stop()
 
 
+def _cuda_visible() -> bool:
+    """Whether this machine has a CUDA device (the serving env is the GPU build exactly when it has)."""
+    try:
+        import torch
+    except ImportError:  # a caller without torch (the serving API alone): assume the CPU build
+        return False
+    return torch.cuda.is_available()
+
+
 class VLLMServer:
     """A vLLM OpenAI-compatible server for one model folder, as a context manager.
 
@@ -83,8 +92,11 @@ class VLLMServer:
         host: str = "127.0.0.1",
         aliases: Sequence[str] = (),
         env: dict[str, str] | None = None,
+        enforce_eager: bool | None = None,
     ) -> None:
         self.model_dir = Path(model_dir).resolve()
+        # CUDA graphs are vLLM's fast path on GPUs; on CPU they do not exist and compile time is wasted
+        self.enforce_eager = not _cuda_visible() if enforce_eager is None else enforce_eager
         self.served_name = served_name
         self.aliases = list(aliases)  # more names the same model answers to (e.g. name and name/version)
         self.extra_env = dict(env or {})
@@ -106,7 +118,7 @@ class VLLMServer:
             "--served-model-name", self.served_name, *self.aliases,
             "--host", self.host, "--port", str(port),
             "--max-model-len", str(self.max_model_len),
-            "--enforce-eager",
+            *(["--enforce-eager"] if self.enforce_eager else []),
             "--disable-log-stats",
             *self.extra_args,
         ]

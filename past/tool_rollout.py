@@ -74,7 +74,20 @@ class ToolRollout:
         if max_turns < 1:
             raise ValueError(f"max_turns must be ≥ 1, got {max_turns}")
         self.tasks, self.sim, self.max_turns, self.weights = by_prompt, Simulator(spec), max_turns, weights
+        self.spec = spec
         self.episodes = 0  # played so far (for tests and logs)
+
+    def describe(self) -> dict:
+        """Everything that makes this rollout, as JSON: each launched GRPO process rebuilds it (`from_description`)."""
+        from dataclasses import asdict
+
+        return {"spec": self.spec.model_dump(mode="json"), "max_turns": self.max_turns, "weights": asdict(self.weights),
+                "tasks": [t.model_dump(mode="json") for t in self.tasks.values()]}
+
+    @classmethod
+    def from_description(cls, d: dict) -> "ToolRollout":
+        return cls(ToolSpec.model_validate(d["spec"]), [ToolTask.model_validate(t) for t in d["tasks"]],
+                   d["max_turns"], EpisodeWeights(**d["weights"]))
 
     # -- chat-template plumbing ----------------------------------------------------------------------------
     def _separators(self, tok) -> tuple[str, str]:

@@ -209,3 +209,22 @@ def test_a_tool_corpus_partitions_by_api_and_its_round_plays_episodes(tiny_model
     assert g["questions"] == "tool episodes" and g["rewards"] == ["episode", "episode_pass", "episode_finish"]
     assert g["max_completion_length"] == 48 and "episode_finish_reward" in g["per_reward_curves"]
     assert rec["orthogonality"]["summary"]["skill_over_knowledge_norm"] > 0
+
+
+def test_a_refresh_round_trains_grpo_in_two_launched_processes(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """#15: a round whose GRPO recipe has processes=2 runs its RL under `accelerate launch` (the judge rebuilt in
+    each process) and yields a non-zero skill vector with its orthogonality report, like an in-process round."""
+    import dataclasses
+    import zlib
+
+    from past.rewards import JudgeReward
+    from tests.fake_openai import FakeOpenAI
+
+    part = partition_corpus(load_corpus(make_source(tmp_path / "src")), 1, tmp_path / "p")[0]
+    with FakeOpenAI(lambda p: "Yes." if zlib.crc32(p.encode()) % 2 else "No.", models=("judge",)) as fake:
+        rec = refine.run_round(1, part, tiny_model_dir, None, tmp_path / "work", SFT,
+                               dataclasses.replace(GRPO, processes=2), judge=JudgeReward(fake.url, "judge"),
+                               log=lambda m: None)
+        assert fake.requests > 0
+    assert rec["grpo"]["processes"] == 2 and rec["grpo"]["steps"] == 2
+    assert rec["orthogonality"]["summary"]["skill_over_knowledge_norm"] > 0

@@ -96,3 +96,14 @@ def test_grpo_trains_on_whole_episodes(tiny_model_dir: Path, tmp_path: Path) -> 
     assert all(x > 0 for x in r.per_reward_curves["episode_pass_reward"])  # the scripted rows passed
     before, after = load_file(tiny_model_dir / "model.safetensors"), load_file(tmp_path / "rl" / "model.safetensors")
     assert any(not torch.equal(before[k], after[k]) for k in before), "reward variance must move the weights"
+
+
+def test_a_rollout_is_rebuilt_from_its_description() -> None:
+    """What a launched GRPO process receives (JSON) makes the same rollout: spec, tasks, turns, weights."""
+    import json
+
+    from past.tools import EpisodeWeights
+
+    r = ToolRollout(SPEC, TASKS, max_turns=2, weights=EpisodeWeights(finish=0.4))
+    again = ToolRollout.from_description(json.loads(json.dumps(r.describe())))
+    assert again.describe() == r.describe() and again.tasks == r.tasks and again.weights.finish == 0.4
