@@ -6,8 +6,7 @@
 Starts `past ui` over the home's store on a free port, finds the model's latest gated version, its adaptation
 run and the run it was compared with (the champion's, when there was one), and saves with headless Chromium:
 the version page (`version.png`: aliases, tags, gate verdict, the MLmodel's chat schema), the run's model
-metrics (`run-curves.png`; known limit: headless Chromium 2026-12 captures MLflow 3.17's chart grid before the
-charts load, spinners only, whatever the time budget), the run comparison of candidate and champion (`compare.png`), and the skill refresh's run
+metrics (`run-curves.png`: the SFT loss curves), the run comparison of candidate and champion (`compare.png`), and the skill refresh's run
 (`refresh.png`: nested rounds). Re-run it after any demo; the pictures are whatever the store holds.
 """
 
@@ -30,9 +29,49 @@ sys.path.insert(0, str(REPO))
 
 
 def shoot(browser: str, url: str, out: Path, wait_ms: int) -> None:
-    subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
-                    f"--virtual-time-budget={wait_ms}", "--window-size=1600,1000", f"--screenshot={out}", url],
-                   check=True, capture_output=True, timeout=180)
+    """Screenshot after `wait_ms` of *real* time, through the DevTools protocol.
+
+    Chromium's `--screenshot` with `--virtual-time-budget` captured MLflow 3.17's chart grid as spinners
+    whatever the budget: virtual time runs the page's timers, but the charts wait on real network and
+    rendering. So the page is opened in a headless Chromium with a DevTools port, left alone for `wait_ms`
+    of wall time, then captured (`Page.captureScreenshot`) - what a person sees after that long."""
+    import asyncio
+    import base64
+
+    import websockets
+
+    from past.serving import free_port
+
+    port = free_port()
+    proc = subprocess.Popen([browser, "--headless=new", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+                             f"--remote-debugging-port={port}", "--window-size=1600,1000", "about:blank"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+
+    async def capture() -> bytes:
+        deadline = time.monotonic() + 60
+        while True:  # the DevTools endpoint comes up a moment after the process
+            try:
+                req = urllib.request.Request(f"http://127.0.0.1:{port}/json/new?{urllib.parse.quote(url, safe='')}",
+                                             method="PUT")
+                target = json.load(urllib.request.urlopen(req, timeout=2))
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(0.5)
+        async with websockets.connect(target["webSocketDebuggerUrl"], max_size=64 << 20) as ws:
+            await asyncio.sleep(wait_ms / 1000)
+            await ws.send(json.dumps({"id": 1, "method": "Page.captureScreenshot", "params": {"format": "png"}}))
+            while True:
+                msg = json.loads(await ws.recv())
+                if msg.get("id") == 1:
+                    return base64.b64decode(msg["result"]["data"])
+
+    try:
+        out.write_bytes(asyncio.run(capture()))
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
     print(f"{out}  <-  {url}", flush=True)
 
 
@@ -41,7 +80,7 @@ def main() -> None:
     ap.add_argument("--home", type=Path, default=Path(".past"))
     ap.add_argument("--model", default="support-bot")
     ap.add_argument("--out", type=Path, default=REPO / "docs" / "screenshots")
-    ap.add_argument("--wait-ms", type=int, default=15000, help="Chromium's virtual time budget per page")
+    ap.add_argument("--wait-ms", type=int, default=15000, help="real time each page gets to load before the capture")
     a = ap.parse_args()
     browser = next((b for b in ("chromium", "chromium-browser", "google-chrome") if shutil.which(b)), None)
     if browser is None:
