@@ -16,7 +16,7 @@ SBIN  := $(SERVE_VENV)/bin
 STAMP := $(VENV)/.installed
 SSTAMP := $(SERVE_VENV)/.installed
 
-.PHONY: demo smoke test test-fast test-slow test-soak venv serve-env doctor bench-skill bench-method bench-refresh bench-knowledge bench-protocol bench-grpo-cost bench-tools clean-venvs
+.PHONY: image demo smoke test test-fast test-slow test-soak venv serve-env doctor bench-skill bench-method bench-refresh bench-knowledge bench-protocol bench-grpo-cost bench-tools clean-venvs
 
 ## demo: the main job on embedded defaults: skill refresh (K=2) on a synthetic source domain, then a new
 ## corpus lands in the inbox and watch -> adapt -> vLLM gate -> promote runs; prints the summary.
@@ -133,3 +133,10 @@ bench-knowledge: $(STAMP) $(SSTAMP)
 
 clean-venvs:
 	rm -rf $(VENV) $(SERVE_VENV)
+
+## image: the CPU image (Dockerfile) built and its test suite run inside it; needs a Docker engine and access to
+## the python:3.11-slim base image (neither exists on the development machines: docs/scale-out.md)
+IMAGE ?= past-orchestrator:cpu
+image:
+	docker build -t $(IMAGE) .
+	docker run --rm $(IMAGE)

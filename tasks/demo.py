@@ -76,6 +76,11 @@ def summarize_demo(skill: dict, watched: dict, timings: dict, model_name: str,
         lines.append(f"  teacher: {r['teacher']}; training check (own training QA, closed-book): "
                      + (f"{r['training_check']['correct']}/{r['training_check']['n']}" if r.get("training_check") else "off"))
         lines.append(f"  reason: {r['reason']}")
+    unit = {"fact": "questions worded unlike any training question, about facts the training QA also asks",
+            "question": "questions not trained on, about trained documents",
+            "document": "questions about documents whose QA was never trained"}[s.sft_split_by]
+    if comparison:
+        lines.append(f"  new-corpus items (split by {s.sft_split_by}): {unit}")
     for name, rec in (comparison or {}).items():
         lines.append(f"  new-corpus recall, {name:<16} {rec['correct']:>3}/{rec['n']:<3} = {rec['accuracy']:.3f} "
                      f"[{rec['lower']:.3f}, {rec['upper']:.3f}] (95% Wilson; transformers greedy)")

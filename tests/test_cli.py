@@ -99,7 +99,7 @@ def test_past_adapt_runs_the_flow_on_a_docs_only_corpus(tiny_model_dir, tmp_path
 
 
 def test_past_up_points_local_flows_at_the_store_its_ui_shows(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """#16: the local worker's flows used the Kubernetes placeholder `http://mlflow.past.svc:5000` and hung."""
+    """#16: the local worker's flows used the Kubernetes placeholder (then `http://mlflow.past.svc:5000`) and hung."""
     from past.cli.up import env_for
     from past.config import load_settings
 

@@ -46,7 +46,9 @@ def env_for(home: Path, api_url: str, mlflow_uri: str) -> dict[str, str]:
             # placeholders of the Kubernetes deployments only (deployments/prefect.yaml's gpu pool); set them
             # for a real cluster. They never reach the local worker's flows.
             "PAST_IMAGE": os.environ.get("PAST_IMAGE", "past-orchestrator:latest"),
-            "PAST_K8S_MLFLOW_TRACKING_URI": os.environ.get("PAST_K8S_MLFLOW_TRACKING_URI", "http://mlflow.past.svc:5000")}
+            "PAST_K8S_MLFLOW_TRACKING_URI": os.environ.get(
+                "PAST_K8S_MLFLOW_TRACKING_URI",  # the registry database: an MLflow HTTP server refuses in-place versions
+                "postgresql://past@mlflow-db.past.svc:5432/mlflow")}
 
 
 def terminate_tree(pids: list[int], timeout_s: float) -> list[int]:
