@@ -119,33 +119,11 @@ def test_learning_gate() -> None:
     assert learning_gate([float("nan")] * 3 + rising)["steps"] == 48
 
 
-def test_grpo_under_accelerate_launch_with_two_processes(tiny_model_dir: Path, tmp_path: Path) -> None:
-    """#15: `processes=2` runs the GRPO run in two DDP processes (gloo on CPU) through `accelerate launch`. The
-    judge is rebuilt in each process from its description (its key travels in the environment), the policy
-    moves, every step is logged, and the published folder verifies."""
-    import zlib
-
-    from past.rewards import JudgeReward
-    from tests.fake_openai import FakeOpenAI
-
-    # a judge that says yes to half the answers: reward variance inside each group even for a random model
-    with FakeOpenAI(lambda p: "Yes." if zlib.crc32(p.encode()) % 2 else "No.", models=("judge",)) as fake:
-        judge = JudgeReward(fake.url, "judge", api_key="k-123", cache_path=tmp_path / "verdicts.jsonl")
-        r = train_grpo(tiny_model_dir, QA, tmp_path / "rl", tiny_recipe(processes=2, max_steps=3), judge=judge)
-        asked = fake.requests
-    assert asked > 0, "the launched processes asked the judge"
-    assert r.processes == 2 and r.steps == 3 and len(r.reward_curve) == 3 and "judge_reward" in r.per_reward_curves
-    assert verify_model_dir(tmp_path / "rl") == []
-    check_loads(tmp_path / "rl")
-    before, after = weights(tiny_model_dir), weights(tmp_path / "rl")
-    assert any(not torch.equal(before[k], after[k]) for k in before), "GRPO under DDP must move the weights"
-    assert not (tmp_path / ".grpo-work-rl").exists()
-    assert tiny_recipe(processes=2).key() != tiny_recipe().key() and "processes" not in tiny_recipe().key()
-
-
 def test_a_launched_grpo_run_refuses_what_cannot_cross_processes(tiny_model_dir: Path, tmp_path: Path) -> None:
     with pytest.raises(GRPOError, match="cannot cross"):
         train_grpo(tiny_model_dir, QA, tmp_path / "a", tiny_recipe(processes=2), extra_rewards=[length_reward])
     with pytest.raises(GRPOError, match="describe"):
         train_grpo(tiny_model_dir, QA, tmp_path / "b", tiny_recipe(processes=2), judge=length_reward)
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+    # the launched path itself is tested on a whole refresh round (tests/test_refine.py), once, to keep the suite short
+    assert tiny_recipe(processes=2).key() != tiny_recipe().key() and "processes" not in tiny_recipe().key()

@@ -226,5 +226,6 @@ def test_a_refresh_round_trains_grpo_in_two_launched_processes(tiny_model_dir: P
                                dataclasses.replace(GRPO, processes=2), judge=JudgeReward(fake.url, "judge"),
                                log=lambda m: None)
         assert fake.requests > 0
-    assert rec["grpo"]["processes"] == 2 and rec["grpo"]["steps"] == 2
-    assert rec["orthogonality"]["summary"]["skill_over_knowledge_norm"] > 0
+    assert rec["grpo"]["processes"] == 2 and rec["grpo"]["steps"] == 2 and len(rec["grpo"]["reward_curve"]) == 2
+    assert "judge_reward" in rec["grpo"]["per_reward_curves"]
+    assert rec["orthogonality"]["summary"]["skill_over_knowledge_norm"] > 0  # the policy moved under DDP
