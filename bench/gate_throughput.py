@@ -1,5 +1,6 @@
-"""Gate throughput: questions/s through a vLLM server with concurrent requests vs sequential transformers
-`generate`, on the same model, the same items, greedy, the same max new tokens - side by side in one run.
+"""Gate throughput: questions/s through a vLLM server with concurrent requests vs transformers `generate`, one
+question at a time and batched, on the same model, the same items, greedy, the same max new tokens - side by
+side in one run.
 
 Server start-up and model load are excluded from throughput and reported separately. Run it alone:
 
@@ -10,8 +11,8 @@ Server start-up and model load are excluded from throughput and reported separat
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -77,20 +78,37 @@ def run_transformers(model: Path, items: list[EvalItem], max_tokens: int) -> dic
     return {"load_s": load_s, "eval_s": eval_s, "qps": len(items) / eval_s, "answers": answers}
 
 
+def run_transformers_batched(model: Path, items: list[EvalItem], max_tokens: int, batch_size: int) -> dict:
+    """transformers `generate` on batches of `batch_size` questions (left padding, similar lengths together)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from method import generate_batched, load_for_generation
+
+    t0 = time.perf_counter()
+    tok, lm = load_for_generation(model)
+    load_s = time.perf_counter() - t0
+    generate_batched(tok, lm, [items[0].question], max_tokens, 1)  # warm-up, as for the other paths
+    t1 = time.perf_counter()
+    answers = generate_batched(tok, lm, [i.question for i in items], max_tokens, batch_size)
+    eval_s = time.perf_counter() - t1
+    return {"load_s": load_s, "eval_s": eval_s, "qps": len(items) / eval_s, "batch_size": batch_size,
+            "answers": answers}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", type=Path, default=Path(".past/models/smollm2-135m-instruct"), help="model folder")
     ap.add_argument("--items", type=int, default=48, help="number of questions")
     ap.add_argument("--concurrency", type=int, default=8, help="concurrent requests to vLLM")
     ap.add_argument("--max-tokens", type=int, default=64, help="max new tokens per answer (both sides)")
+    ap.add_argument("--hf-batch", type=int, default=0, help="batch of the batched transformers path (0 = all items)")
     ap.add_argument("--out", type=Path, default=None, help="also write the figures as JSON here")
     args = ap.parse_args()
 
-    s = dataclasses.replace(load_settings(), gate_concurrency=args.concurrency, gate_max_tokens=args.max_tokens,
-                            gate_request_timeout_s=600.0)
+    s = load_settings(gate_concurrency=args.concurrency, gate_max_tokens=args.max_tokens, gate_request_timeout_s=600.0)
     items = bench_items(args.items)
     v = run_vllm(args.model.resolve(), items, s, s.home / "logs")
     t = run_transformers(args.model.resolve(), items, args.max_tokens)
+    b = run_transformers_batched(args.model.resolve(), items, args.max_tokens, args.hf_batch or len(items))
     same = sum(a == b for a, b in zip(v["answers"], t["answers"])) / len(items)
 
     print(f"\ngate throughput, {len(items)} questions, greedy, max_tokens={args.max_tokens}, model {args.model.name}")
@@ -99,12 +117,16 @@ def main() -> None:
           f"{v['startup_s']:8.1f}  (setup = server start-up)")
     print(f"{'transformers generate, sequential':38s} {t['qps']:8.2f} {t['eval_s']:8.1f} {t['load_s']:8.1f}"
           f"  (setup = model load)")
-    print(f"ratio vLLM / transformers: {v['qps'] / t['qps']:.2f}x   identical answers: {same:.0%}   "
+    print(f"{'transformers generate, batch ' + str(b['batch_size']):38s} {b['qps']:8.2f} {b['eval_s']:8.1f} "
+          f"{b['load_s']:8.1f}  (setup = model load)")
+    print(f"ratio vLLM / transformers sequential: {v['qps'] / t['qps']:.2f}x   vLLM / transformers batched: "
+          f"{v['qps'] / b['qps']:.2f}x   identical answers (vLLM vs sequential): {same:.0%}   "
           f"vLLM request errors: {v['errors']}")
     if args.out:
         args.out.write_text(json.dumps({"items": len(items), "concurrency": args.concurrency,
                                         "max_tokens": args.max_tokens, "vllm": v, "transformers": t,
-                                        "ratio": v["qps"] / t["qps"], "identical": same}, indent=2))
+                                        "transformers_batched": b, "ratio": v["qps"] / t["qps"],
+                                        "ratio_batched": v["qps"] / b["qps"], "identical": same}, indent=2))
 
 
 if __name__ == "__main__":

@@ -189,12 +189,22 @@ def _published(model_dir: Path) -> bool:
 # --- evaluation --------------------------------------------------------------------------------------------
 def generate_answers(model_dir: Path, questions: list[str], max_new_tokens: int, batch_size: int) -> list[str]:
     """Greedy chat answers, batched (left padding); the prompt is the user turn only, as the gate sends it."""
+    return generate_batched(*load_for_generation(model_dir), questions, max_new_tokens, batch_size)
+
+
+def load_for_generation(model_dir: Path) -> tuple:
     import torch
-    from tqdm import tqdm
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(model_dir, padding_side="left")
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    return tok, AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+
+
+def generate_batched(tok, model, questions: list[str], max_new_tokens: int, batch_size: int) -> list[str]:
+    import torch
+    from tqdm import tqdm
+
+    model_dir = Path(model.name_or_path)
     prompts = [tok.apply_chat_template([{"role": "user", "content": q}], tokenize=False, add_generation_prompt=True)
                for q in questions]
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))  # similar lengths share a batch

@@ -28,6 +28,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 from past.tensors import ModelReader, chunk_ranges  # noqa: E402
+from past.skill import read_vector, verify_vector  # noqa: E402
 
 CONFIG = dict(  # Llama-shaped, 20 layers, untied head: 1.01B parameters
     architectures=["LlamaForCausalLM"], model_type="llama", hidden_size=2048, intermediate_size=5632,
@@ -157,7 +158,9 @@ def main() -> None:
     ap.add_argument("--no-verify", action="store_true", help="skip the float64 check of the outputs")
     args = ap.parse_args()
     past_bin = str(REPO / ".venv" / "bin" / "past")
-    env = os.environ | {"HF_HUB_OFFLINE": "1", "PAST_HOME": str(args.scratch / "home")}
+    stamps = args.scratch / "sha256-stamps"  # past.models.sha256_stamped: verified shards are not re-read
+    shutil.rmtree(stamps, ignore_errors=True)
+    env = os.environ | {"HF_HUB_OFFLINE": "1", "PAST_HOME": str(args.scratch / "home"), "PAST_SHA256_CACHE": str(stamps)}
 
     t0 = time.perf_counter()
     dirs = generate(args.scratch / f"models-{args.layers}l", CONFIG | {"num_hidden_layers": args.layers})
@@ -174,6 +177,12 @@ def main() -> None:
                            "--out", str(v), "--dtype", dtype], env)
         vectors[dtype] = v
         print(f"extract ({dtype} vector): {wall:.1f} s, {rss:.0f} MB peak RSS, {dir_bytes(v) / 1e9:.2f} GB")
+    # A stored vector is verified once (by its first inject) and then stamped; "first use" turns stamps off and
+    # so reads the whole vector again, as every inject did before stamps.
+    time.sleep(2.5)  # past.models.RACY_S: a file written in the last 2 s is never stamped
+    os.environ["PAST_SHA256_CACHE"] = str(stamps)
+    for v in vectors.values():
+        verify_vector(v, read_vector(v)[0])
 
     mk_cfg = args.scratch / "mergekit.yml"
     mk_cfg.write_text(json.dumps({  # JSON is valid YAML
@@ -182,11 +191,13 @@ def main() -> None:
                    {"model": str(dirs["rl_S"]), "parameters": {"weight": args.lam}}],
         "parameters": {"normalize": False}, "dtype": "float32", "out_dtype": "bfloat16",
     }, indent=2))
-    outs = {k: args.scratch / f"out-{k}" for k in ("past-f32v", "past-bf16v", "mergekit", "cp")}
+    outs = {k: args.scratch / f"out-{k}" for k in ("past-f32v", "past-f32v-cold", "past-bf16v", "mergekit", "cp")}
+    inject_f32 = lambda o: [past_bin, "skill", "inject", "--model", str(dirs["sft_T"]),  # noqa: E731
+                            "--vector", str(vectors["float32"]), "--lam", str(args.lam), "--out", str(o)]
     contenders = {
-        "past inject (fp32 vector)": ("past-f32v", [dirs["sft_T"], vectors["float32"]], lambda o: [
-            past_bin, "skill", "inject", "--model", str(dirs["sft_T"]), "--vector", str(vectors["float32"]),
-            "--lam", str(args.lam), "--out", str(o)]),
+        "past inject (fp32 vector)": ("past-f32v", [dirs["sft_T"], vectors["float32"]], inject_f32),
+        "past inject (fp32 vector, first use: stamps off)": ("past-f32v-cold", [dirs["sft_T"], vectors["float32"]],
+                                                             inject_f32),
         "past inject (bf16 vector)": ("past-bf16v", [dirs["sft_T"], vectors["bfloat16"]], lambda o: [
             past_bin, "skill", "inject", "--model", str(dirs["sft_T"]), "--vector", str(vectors["bfloat16"]),
             "--lam", str(args.lam), "--out", str(o)]),
@@ -198,7 +209,7 @@ def main() -> None:
         for label, (key, inputs, cmd) in contenders.items():
             shutil.rmtree(outs[key], ignore_errors=True)
             warm(*inputs)
-            wall, rss = timed(cmd(outs[key]), env)
+            wall, rss = timed(cmd(outs[key]), env | ({"PAST_SHA256_CACHE": "off"} if key.endswith("-cold") else {}))
             rows.setdefault(label, []).append((wall, rss))
             print(f"  repeat {rep + 1}: {label}: {wall:.2f} s, {rss:.0f} MB")
         if rep == 0 and not args.no_verify:

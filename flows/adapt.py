@@ -21,7 +21,6 @@ from __future__ import annotations
 import os
 import socket
 from pathlib import Path
-from typing import Any
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
@@ -33,17 +32,18 @@ from tasks.gate import serve_and_gate
 from tasks.notify import notify_failure, notify_outcome
 from tasks.registry import conclude, fail_run, log_to_run, mlflow_links, open_adaptation_run, register_candidate
 from tasks.skill import current_skill_vector, inject_skill
-from tasks.training import base_model, candidate_key, sft_memorize, sft_qa, sft_recipe
+from tasks.training import SFTOverrides, base_model, candidate_key, sft_memorize, sft_qa, sft_recipe
 
 
 @flow(name="adapt")
 def adapt(corpus: str, model_name: str = "support-bot", lam: float | None = None,
-          skill_vector: str | None = None, sft: dict[str, Any] | None = None) -> dict:
+          skill_vector: str | None = None, sft: SFTOverrides | None = None) -> dict:
     """Adapt the model to one corpus (an id in the home folder, or a folder path) and gate it.
 
     `sft`: SFT recipe fields to change for this run only, e.g. {"lora_r": 8, "min_steps_qa": 200} (the rest
-    come from the settings); an unknown field is refused before anything trains.
+    come from the settings); a typed form in the Prefect UI, and an unknown field is refused before the run.
     """
+    sft = (sft.model_dump(exclude_none=True) or None) if sft is not None else None  # only the fields given
     s = settings()
     lam = s.lam if lam is None else lam
     sft_recipe(sft)  # validate the overrides up front: a deterministic error, no retry, nothing claimed

@@ -1,36 +1,43 @@
-"""One typed settings object for the whole system.
+"""One typed settings object for the whole system (pydantic-settings).
 
 Values come from (lowest to highest precedence): the field defaults below, a `past.toml` file
-(found via `PAST_CONFIG`, else `./past.toml`, else `<home>/past.toml`), then `PAST_<FIELD>` environment
-variables (e.g. `PAST_LAM=0.5`, `PAST_HOME=/data/past`). Every field documents itself through its
-`help` metadata; `past config` prints them all with their current values and sources.
+(found via `PAST_CONFIG`, else `./past.toml`, else `<home>/past.toml`; a `[past]` table or top-level keys),
+then `PAST_<FIELD>` environment variables (e.g. `PAST_LAM=0.5`, `PAST_HOME=/data/past`), then keyword
+arguments of `load_settings`. pydantic parses and checks every value where the object is built; an unknown or
+unusable one is a `ConfigError` naming the setting. Every field documents itself through its description;
+`past config` prints them all with their current values. `Settings()` alone is the embedded defaults.
 """
 
 from __future__ import annotations
 
-import dataclasses
+import math
 import os
 import sys
 import tomllib
-import types
-import typing
-from dataclasses import dataclass
+from collections.abc import Mapping
+from contextvars import ContextVar
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
+
+from pydantic import ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, EnvSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
+from pydantic_settings.sources.utils import parse_env_vars
 
 from past.errors import PastError
-from past.fields import opt as _f
+from past.fields import setting as _f
 
 
 # The Makefile builds the vLLM serving venv as a sibling of the main venv; find it from the running interpreter
 # so `past` works from any working directory.
 _DEFAULT_SERVE_PYTHON = Path(sys.prefix).parent / ".venv-serve" / "bin" / "python"
 
+# What `load_settings` reads beside the defaults: (environment, past.toml or None). Unset = defaults only.
+_SOURCES: ContextVar[tuple[Mapping[str, str], Path | None] | None] = ContextVar("past_settings_sources", default=None)
 
 
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="PAST_", case_sensitive=False, extra="forbid")
 
-@dataclass
-class Settings:
     # --- where things live -------------------------------------------------------------------
     home: Path = _f(Path(".past"), "Folder holding all local state: inbox, quarantine, models, skill vectors, "
                     "MLflow store, Prefect home. Created on first use.")
@@ -103,10 +110,11 @@ class Settings:
                                       "loss at 0.46 after 12 steps, batch 1 reached 0.03 in 90 steps, in less time.")
     sft_epochs_qa: float = _f(3.0, "Epochs of stage 2 (QA, loss on answers only).")
     sft_eval_fraction: float = _f(0.2, "Share of documents whose QA (own and teacher's) is held out for the gate.")
-    sft_split_by: str = _f("document", "Held-out unit for the gate's new-corpus items: `document` (questions about "
-                           "documents whose QA was never trained: the strict test) or `question` (new questions about "
-                           "documents the model was also QA-trained on) or `fact` (paraphrase hold-out: each held-out question asks a fact "
-                           "that another, differently worded training question also asks; every fact is trained).")
+    sft_split_by: Literal["document", "question", "fact"] = _f(
+        "document", "Held-out unit for the gate's new-corpus items: `document` (questions about documents whose QA "
+        "was never trained: the strict test) or `question` (new questions about documents the model was also "
+        "QA-trained on) or `fact` (paraphrase hold-out: each held-out question asks a fact that another, differently "
+        "worded training question also asks; every fact is trained).")
     sft_mix_qa: bool = _f(False, "Stage 1 also trains the training-side QA, packed with the documents (mixed "
                           "training; held-out QA never enters stage 1). On SmolLM2-135M it kept the base model's general "
                           "ability (15 of 15 general prompts) where two separate stages lost 4.")
@@ -178,37 +186,81 @@ class Settings:
     def globs(self, value: str) -> list[str]:
         return [g.strip() for g in value.split(",") if g.strip()]
 
+    # --- where values come from, and what makes them usable ------------------------------------------
+    @classmethod
+    def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings,
+                                   file_secret_settings):
+        """Keyword arguments, then PAST_* variables, then past.toml (first wins) - inside `load_settings`."""
+        sources = _SOURCES.get()
+        if sources is None:
+            return (init_settings,)
+        env, toml = sources
+        return (init_settings, _EnvSource(settings_cls, env)) + ((_TomlSource(settings_cls, toml),) if toml else ())
+
+    @field_validator("home", "serve_python", mode="after")
+    @classmethod
+    def _expand_user(cls, p: Path) -> Path:
+        return Path(os.path.expanduser(str(p)))
+
+    @model_validator(mode="after")
+    def _check(self) -> "Settings":
+        if not math.isfinite(self.lam) or abs(self.lam) > 10:
+            raise ValueError(f"setting 'lam': {self.lam} is not a sensible λ (finite, |λ| ≤ 10)")
+        if not 0.5 <= self.gate_confidence < 1.0:
+            raise ValueError(f"setting 'gate_confidence': {self.gate_confidence} is outside [0.5, 1)")
+        if not 0.0 < self.sft_eval_fraction < 1.0:
+            raise ValueError(f"setting 'sft_eval_fraction': {self.sft_eval_fraction} is outside (0, 1)")
+        for name in ("gate_min_accuracy", "gate_retention_tolerance", "gate_max_error_rate", "sft_min_train_recall"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"setting {name!r}: {getattr(self, name)} is outside [0, 1]")
+        for name in ("gate_min_new_items", "teacher_min_qa", "teacher_n_qa", "teacher_n_implications",
+                     "sft_min_steps_qa", "sft_replay_examples"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"setting {name!r} must be ≥ 0")
+        for name in ("sft_lora_r", "sft_lora_alpha", "grpo_prompts_per_step", "sft_processes", "grpo_processes",
+                     "gate_concurrency", "gate_tool_max_turns", "adapt_max_attempts", "grpo_rounds", "grpo_max_steps",
+                     "grpo_num_generations", "grpo_max_completion_length", "serve_max_model_len",
+                     "sft_batch_size_memorize"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"setting {name!r} must be ≥ 1")
+        return self
+
 
 class ConfigError(PastError, ValueError):
     """A settings file or PAST_* variable that cannot be used."""
 
 
-def _coerce(name: str, tp: Any, raw: Any) -> Any:
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        tp = next(a for a in typing.get_args(tp) if a is not type(None))
-    try:
-        if tp is bool:
-            if isinstance(raw, bool):
-                return raw
-            s = str(raw).strip().lower()
-            if s in {"1", "true", "yes", "on"}:
-                return True
-            if s in {"0", "false", "no", "off"}:
-                return False
-            raise ValueError(f"not a boolean: {raw!r}")
-        if tp is Path:
-            return Path(os.path.expanduser(str(raw)))
-        return tp(raw)
-    except (TypeError, ValueError) as e:
-        raise ConfigError(f"setting {name!r}: {e}") from None
+class _EnvSource(EnvSettingsSource):
+    """PAST_* variables from a given mapping (the process environment, or a test's dict)."""
+
+    def __init__(self, settings_cls: type[BaseSettings], env: Mapping[str, str]) -> None:
+        self._env = env  # read by _load_env_vars inside the parent's __init__
+        super().__init__(settings_cls)
+
+    def _load_env_vars(self) -> Mapping[str, str | None]:
+        return parse_env_vars(self._env, self.case_sensitive, self.env_ignore_empty, self.env_parse_none_str)
+
+
+class _TomlSource(TomlConfigSettingsSource):
+    """past.toml: a `[past]` table or top-level keys; a malformed file or an unknown key names the file."""
+
+    def _read_file(self, file_path: Path) -> dict[str, Any]:
+        try:
+            data = tomllib.loads(Path(file_path).read_text(encoding="utf-8"))
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+            raise ConfigError(f"{file_path}: {e}") from None
+        data = data.get("past", data)
+        unknown = sorted(set(data) - set(Settings.model_fields))
+        if unknown:
+            raise ConfigError(f"{file_path}: unknown setting(s) {unknown}; see `past config`")
+        return data
 
 
 def field_help() -> dict[str, str]:
-    return {f.name: f.metadata.get("help", "") for f in dataclasses.fields(Settings)}
+    return {name: f.description or "" for name, f in Settings.model_fields.items()}
 
 
-def config_file(env: dict[str, str] | None = None) -> Path | None:
+def config_file(env: Mapping[str, str] | None = None) -> Path | None:
     env = os.environ if env is None else env
     if env.get("PAST_CONFIG"):
         p = Path(env["PAST_CONFIG"])
@@ -221,62 +273,27 @@ def config_file(env: dict[str, str] | None = None) -> Path | None:
     return None
 
 
-def load_settings(env: dict[str, str] | None = None, **overrides: Any) -> Settings:
-    """Defaults < past.toml < PAST_* environment < explicit keyword overrides."""
+def load_settings(env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+    """Defaults < past.toml < PAST_* environment < explicit keyword overrides (None = not given)."""
     env = dict(os.environ if env is None else env)
-    hints = typing.get_type_hints(Settings)
-    names = {f.name for f in dataclasses.fields(Settings)}
-    values: dict[str, Any] = {}
-
-    path = config_file(env)
-    if path is not None:
-        try:
-            data = tomllib.loads(path.read_text(encoding="utf-8"))
-        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
-            raise ConfigError(f"{path}: {e}") from None
-        data = data.get("past", data)  # accept a [past] table or top-level keys
-        unknown = sorted(set(data) - names)
-        if unknown:
-            raise ConfigError(f"{path}: unknown setting(s) {unknown}; see `past config`")
-        values.update(data)
-
-    for name in names:
-        key = f"PAST_{name.upper()}"
-        if key in env:
-            values[name] = env[key]
-    values.update({k: v for k, v in overrides.items() if v is not None})
-
-    unknown = sorted(set(values) - names)
-    if unknown:
-        raise ConfigError(f"unknown setting(s) {unknown}")
-    settings = Settings(**{k: _coerce(k, hints[k], v) for k, v in values.items()})
-    _validate(settings)
-    return settings
+    token = _SOURCES.set((env, config_file(env)))
+    try:
+        return Settings(**{k: v for k, v in overrides.items() if v is not None})
+    except ValidationError as e:
+        raise ConfigError(_describe(e)) from None
+    finally:
+        _SOURCES.reset(token)
 
 
-def _validate(s: Settings) -> None:
-    import math
-
-    if not math.isfinite(s.lam) or abs(s.lam) > 10:
-        raise ConfigError(f"setting 'lam': {s.lam} is not a sensible λ (finite, |λ| ≤ 10)")
-    if not 0.5 <= s.gate_confidence < 1.0:
-        raise ConfigError(f"setting 'gate_confidence': {s.gate_confidence} is outside [0.5, 1)")
-    for name in ("gate_min_new_items", "teacher_min_qa", "teacher_n_qa", "teacher_n_implications", "sft_min_steps_qa",
-                 "sft_replay_examples"):
-        if getattr(s, name) < 0:
-            raise ConfigError(f"setting {name!r} must be ≥ 0")
-    for name in ("sft_lora_r", "sft_lora_alpha", "grpo_prompts_per_step", "sft_processes", "grpo_processes"):
-        if getattr(s, name) < 1:
-            raise ConfigError(f"setting {name!r} must be ≥ 1")
-    if s.sft_split_by not in ("document", "question", "fact"):
-        raise ConfigError(f"setting 'sft_split_by': {s.sft_split_by!r} is not `document`, `question` or `fact`")
-    if not 0.0 < s.sft_eval_fraction < 1.0:
-        raise ConfigError(f"setting 'sft_eval_fraction': {s.sft_eval_fraction} is outside (0, 1)")
-    for name in ("gate_min_accuracy", "gate_retention_tolerance", "gate_max_error_rate", "sft_min_train_recall"):
-        v = getattr(s, name)
-        if not 0.0 <= v <= 1.0:
-            raise ConfigError(f"setting {name!r}: {v} is outside [0, 1]")
-    for name in ("gate_concurrency", "gate_tool_max_turns", "adapt_max_attempts", "grpo_rounds", "grpo_max_steps",
-                 "grpo_num_generations", "grpo_max_completion_length", "serve_max_model_len", "sft_batch_size_memorize"):
-        if getattr(s, name) < 1:
-            raise ConfigError(f"setting {name!r} must be ≥ 1")
+def _describe(e: ValidationError) -> str:
+    """pydantic's errors as one line per setting, in the words `past config` uses."""
+    unknown = [str(err["loc"][0]) for err in e.errors() if err["type"] == "extra_forbidden"]
+    lines = [f"unknown setting(s) {sorted(unknown)}; see `past config`"] if unknown else []
+    for err in e.errors():
+        if err["type"] == "extra_forbidden":
+            continue
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["loc"]:
+            msg = f"setting {err['loc'][0]!r}: {msg} (got {err.get('input')!r})"
+        lines.append(msg)
+    return "; ".join(lines)

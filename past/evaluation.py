@@ -501,7 +501,7 @@ def _serve_and_answer(model_dir, served_name: str, url: str, items, settings, ju
     from past.serving import ServingError, VLLMServer, serve_or_connect
 
     t0 = time.perf_counter()
-    server = serve_or_connect(model_dir, served_name, dataclasses.replace(settings, serve_url=url))
+    server = serve_or_connect(model_dir, served_name, settings.model_copy(update={"serve_url": url}))
     try:
         with server as ep:  # the managed server is stopped on every way out of this block
             timings[f"{who}_start_s"] = time.perf_counter() - t0

@@ -1,7 +1,8 @@
-"""The one typed-config helper: a dataclass field with a help string (TRL's `field(metadata={"help": ...})`).
+"""The typed-config helpers: a field with a help string, for dataclasses (TRL's `field(metadata={"help": ...})`)
+and for pydantic models (`Field(description=...)`).
 
-Settings, the SFT and GRPO recipes and the benches' budgets all declare fields with it, so `past config
-show`, argparse flags and docs read the same help text."""
+The SFT and GRPO recipes and the benches' budgets declare fields with `opt`, Settings with `setting`, so
+`past config`, argparse flags and docs read the same help text."""
 
 from __future__ import annotations
 
@@ -11,3 +12,9 @@ from typing import Any
 
 def opt(default: Any, help: str) -> Any:  # noqa: A002 - mirrors TRL's metadata key
     return field(default=default, metadata={"help": help})
+
+
+def setting(default: Any, help: str) -> Any:  # noqa: A002
+    from pydantic import Field
+
+    return Field(default, description=help)

@@ -58,6 +58,51 @@ def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
     return h.hexdigest()
 
 
+RACY_S = 2.0  # a file changed this recently may change again in the same clock tick: never stamped
+
+
+def _stamp_file(path: Path) -> Path | None:
+    root = os.environ.get("PAST_SHA256_CACHE", "")
+    if root.lower() == "off":
+        return None
+    root_p = Path(root) if root else Path(os.environ.get("XDG_CACHE_HOME") or "~/.cache").expanduser() / "past" / "sha256"
+    return root_p / f"{hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:32]}.json"
+
+
+def sha256_stamped(path: Path) -> str:
+    """sha256 of a file, remembered across processes by the file's stat stamp (git's index, for one file).
+
+    A published model or skill-vector folder never changes, yet every verify read all of it: re-hashing an
+    unchanged 4 GB vector was half of an inject's time (docs/BENCHMARKS.md). A file whose (device, inode,
+    size, mtime_ns, ctime_ns) equal the stamp's is not read again. Any write moves ctime forward and nobody
+    can set ctime back, so a changed file is always re-read; a file changed within RACY_S of hashing is not
+    stamped (a second write in the same clock tick could keep its stat: git's "racy" case). Stamps live in
+    `$PAST_SHA256_CACHE` (default ~/.cache/past/sha256; `off` disables them); one that cannot be written only
+    costs the re-read. What a stamp cannot see is bit rot under an unchanged inode: `sha256_file` reads all.
+    """
+    path = Path(path)
+    st = path.stat()
+    stat = [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
+    stamp = _stamp_file(path)
+    if stamp is not None:
+        try:
+            rec = json.loads(stamp.read_text())
+            if rec.get("stat") == stat and isinstance(rec.get("sha256"), str):
+                return rec["sha256"]
+        except (OSError, ValueError):
+            pass
+    digest = sha256_file(path)
+    if stamp is not None and time.time() - max(st.st_mtime, st.st_ctime) >= RACY_S and path.stat().st_ctime_ns == st.st_ctime_ns:
+        try:
+            stamp.parent.mkdir(parents=True, exist_ok=True)
+            tmp = stamp.with_suffix(f".{os.getpid()}.tmp")
+            tmp.write_text(json.dumps({"path": str(path.resolve()), "stat": stat, "sha256": digest}))
+            os.replace(tmp, stamp)
+        except OSError:
+            pass
+    return digest
+
+
 def write_manifest(model_dir: Path, hashes: dict[str, str] | None = None, **extra: object) -> dict:
     """Record sha256 and size of every file in the folder (the manifest itself excluded).
 
@@ -81,8 +126,9 @@ def model_id(model_dir: Path) -> str:
     return hashlib.sha256(m.read_bytes()).hexdigest() if m.is_file() else str(Path(model_dir).resolve())
 
 
-def verify_model_dir(model_dir: Path) -> list[str]:
-    """Problems with a model folder versus its manifest (empty list = intact)."""
+def verify_model_dir(model_dir: Path, full: bool = False) -> list[str]:
+    """Problems with a model folder versus its manifest (empty list = intact). `full` reads every byte even of
+    files whose stat stamp says they were verified unchanged (`sha256_stamped`): what `past model verify` does."""
     model_dir = Path(model_dir)
     mpath = model_dir / MANIFEST
     if not mpath.is_file():
@@ -99,7 +145,7 @@ def verify_model_dir(model_dir: Path) -> list[str]:
             problems.append(f"{rel}: missing")
         elif p.stat().st_size != meta["bytes"]:
             problems.append(f"{rel}: {p.stat().st_size} bytes, manifest says {meta['bytes']} (truncated?)")
-        elif sha256_file(p) != meta["sha256"]:
+        elif (sha256_file(p) if full else sha256_stamped(p)) != meta["sha256"]:
             problems.append(f"{rel}: sha256 mismatch")
     if not any(r.endswith(".safetensors") for r in files):
         problems.append("no safetensors weights listed")

@@ -153,6 +153,22 @@ class SFTError(PastError):
     """SFT could not start or finish (no QA, bad base model, output already taken)."""
 
 
+def _overrides_model() -> type:
+    """SFTRecipe's fields, each optional, as a pydantic model: the adapt flow's typed `sft` parameter. Prefect
+    renders it as a form with every field's help in the UI and refuses an unknown field before a run starts."""
+    import typing
+
+    from pydantic import ConfigDict, Field, create_model
+
+    hints = typing.get_type_hints(SFTRecipe)
+    return create_model("SFTOverrides", __config__=ConfigDict(extra="forbid"), __doc__=(
+        "SFT recipe fields to change for one run; a field left empty comes from the settings."),
+        **{f.name: (hints[f.name] | None, Field(None, description=f.metadata.get("help", ""))) for f in fields(SFTRecipe)})
+
+
+SFTOverrides = _overrides_model()
+
+
 # --- datasets ---------------------------------------------------------------------------------------------
 def memorize_texts(corpus: Corpus, implications: dict[str, list[str]] | None = None) -> list[str]:
     texts = []

@@ -32,7 +32,7 @@ import torch
 from tqdm import tqdm
 
 from past.errors import PastError
-from past.models import MANIFEST as MODEL_MANIFEST, publish_dir, sha256_file, staging_dir, write_manifest
+from past.models import MANIFEST as MODEL_MANIFEST, publish_dir, sha256_stamped, staging_dir, write_manifest
 from past.tensors import DTYPES, FLOATS, NAMES, ModelReader, ShardedWriter, TensorInfo, buffer, chunk_ranges
 
 FORMAT, FORMAT_VERSION, MANIFEST = "past-skill-vector", 1, "skill.json"
@@ -155,9 +155,10 @@ def read_vector(vector_dir: Path) -> tuple[dict, ModelReader]:
 
 
 def verify_vector(vector_dir: Path, manifest: dict) -> None:
-    """sha256 of every shard against the manifest (run in a background thread during inject)."""
+    """sha256 of every shard against the manifest (run in a background thread during inject); an unchanged
+    shard already verified is not read again (`past.models.sha256_stamped`)."""
     for fname, meta in manifest["shards"].items():
-        if sha256_file(Path(vector_dir) / fname) != meta["sha256"]:
+        if sha256_stamped(Path(vector_dir) / fname) != meta["sha256"]:
             raise SkillError(f"{Path(vector_dir) / fname}: sha256 does not match {MANIFEST}; the vector is corrupt")
 
 

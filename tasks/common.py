@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import hashlib
 import logging
 from pathlib import Path
@@ -29,7 +28,7 @@ def home_tag(s: Settings | None = None) -> str:
 # WARNING and a 20-minute SFT stage shows nothing in the run log (seen under `past up`).
 logging.getLogger("past").setLevel(logging.INFO)
 
-_SETTINGS_FIELDS = frozenset(f.name for f in dataclasses.fields(Settings))
+_SETTINGS_FIELDS = frozenset(Settings.model_fields)
 REGISTRY_FIELDS = ("mlflow_tracking_uri",)  # the store a registry task writes to (empty = the home's SQLite)
 
 

@@ -16,7 +16,7 @@ from past.evaluation import select_new_items
 from past.models import resolve_model
 from past.qa import read_implications
 from past.rewards import judge_reward_from_settings
-from past.sft import SFTRecipe, run_memorize, run_qa
+from past.sft import SFTOverrides, SFTRecipe, run_memorize, run_qa  # noqa: F401 - SFTOverrides: the flow parameter type
 from past.teacher import corpus_teacher_key
 from past.tools import gate_rows
 from tasks.common import ACCELERATOR_TAG, artifact, cached, require, retry_transient, settings

@@ -24,6 +24,7 @@ def _isolated_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     home = tmp_path / "past-home"
     monkeypatch.setenv("PAST_HOME", str(home))
     monkeypatch.delenv("PAST_CONFIG", raising=False)
+    monkeypatch.setenv("PAST_SHA256_CACHE", str(tmp_path / "sha256-stamps"))  # never the user's ~/.cache
     monkeypatch.chdir(tmp_path)
     return home
 

@@ -159,14 +159,31 @@ def test_adapt_crash_then_rerun_continues_from_cached_steps(harness, env, vector
     assert f"#/models/support-bot/versions/{out['version']}" in last["text"]
 
 
+def test_adapt_sft_parameter_is_a_typed_form_with_every_recipe_field() -> None:
+    """What the Prefect UI shows for a deployment run's `sft` parameter: every SFT recipe field, typed, with its
+    help, none required (an empty field comes from the settings)."""
+    from dataclasses import fields
+
+    from prefect.utilities.callables import parameter_schema
+
+    from flows.adapt import adapt
+    from past.sft import SFTRecipe
+
+    form = parameter_schema(adapt.fn).model_dump_for_openapi()["definitions"]["SFTOverrides"]
+    assert set(form["properties"]) == {f.name for f in fields(SFTRecipe)} and not form.get("required")
+    assert form["properties"]["lora_r"]["description"] == "LoRA rank."
+    assert form["additionalProperties"] is False
+
+
 def test_changed_sft_recipe_is_a_new_candidate_after_a_crash_and_after_a_success(harness, env, vector, monkeypatch,
                                                                                 tmp_path) -> None:
     """One content key per candidate: the recipe is part of it, so a changed recipe never collides with the
     folders of an earlier (crashed or finished) run, and an unchanged re-run is still a no-op."""
     import tasks.gate
     from flows.adapt import adapt
+    from prefect.exceptions import ParameterTypeError
+
     from past.registry import source_path
-    from past.sft import SFTError
 
     real_gate = tasks.gate.run_gate
     monkeypatch.setattr(tasks.gate, "run_gate", lambda *a, **kw: (_ for _ in ()).throw(RuntimeError("power cut")))
@@ -183,7 +200,7 @@ def test_changed_sft_recipe_is_a_new_candidate_after_a_crash_and_after_a_success
         assert reg.client.get_run(first["mlflow_run_id"]).data.params["sft_recipe.lora_r"] == "4"
         assert adapt(str(corpus), skill_vector=str(vector)) == first  # unchanged: the recorded result
         # changed after a success, this time as the flow parameter a deployment run takes (`-p sft=...`)
-        with pytest.raises(SFTError, match="lora_rank"):
+        with pytest.raises(ParameterTypeError, match="lora_rank"):  # refused by Prefect before the run starts
             adapt(str(corpus), skill_vector=str(vector), sft={"lora_rank": 8})
         second = adapt(str(corpus), skill_vector=str(vector), sft={"lora_r": 8})
     assert second["version"] == "3" and second["candidate"] != first["candidate"]

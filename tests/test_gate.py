@@ -5,7 +5,6 @@ by tests/test_serving_vllm.py."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import threading
 import time
@@ -172,7 +171,7 @@ def test_decide_refuses_too_few_new_items(settings) -> None:
 
 
 def test_decide_training_check_is_a_named_failure(settings) -> None:
-    s = dataclasses.replace(settings, sft_min_train_recall=0.5)
+    s = settings.model_copy(update=dict(sft_min_train_recall=0.5))
     check = {"n": 10, "correct": 2, "accuracy": 0.2, "lower": 0.06, "upper": 0.51}
     d = decide(results({"new": [True] * 20}), None, s, training_check=check)
     assert not d.passed and "SFT did not take: the candidate answered 2 of 10" in d.reason
@@ -181,7 +180,7 @@ def test_decide_training_check_is_a_named_failure(settings) -> None:
 
 
 def test_decide_margin_retention_general(settings) -> None:
-    s = dataclasses.replace(settings, gate_margin=0.3, gate_retention_tolerance=0.1)
+    s = settings.model_copy(update=dict(gate_margin=0.3, gate_retention_tolerance=0.1))
     champ = results({"new": [True] * 5 + [False] * 15, "retention": [True] * 10, "general": [True] * 4})
     better = results({"new": [True] * 20, "retention": [True] * 9 + [False], "general": [True] * 4})
     d = decide(better, champ, s, "m/1", "h")
@@ -190,13 +189,13 @@ def test_decide_margin_retention_general(settings) -> None:
     assert d.metrics["new_diff"] == pytest.approx(0.75) and 0.3 < d.metrics["new_diff_lower"] < 0.75
     # better than the champion (0.75 vs 0.25), but the paired lower bound does not clear the margin
     d = decide(results({"new": [True] * 15 + [False] * 5, "retention": [True] * 10, "general": [True] * 4}),
-               champ, dataclasses.replace(s, gate_margin=0.45))
+               champ, s.model_copy(update=dict(gate_margin=0.45)))
     assert not d.passed and "paired difference +0.500" in d.reason and "below the margin +0.450" in d.reason
     # a tie with the champion is no evidence of improvement at margin 0; a negative margin tolerates it
-    tie = dataclasses.replace(s, gate_margin=0.0)
+    tie = s.model_copy(update=dict(gate_margin=0.0))
     assert not decide(champ, champ, tie).passed
     assert decide(results({"new": [True] * 20}), results({"new": [True] * 20}),
-                  dataclasses.replace(s, gate_margin=-0.2)).passed
+                  s.model_copy(update=dict(gate_margin=-0.2))).passed
     # retention drop beyond tolerance
     d = decide(results({"new": [True] * 20, "retention": [True] * 8 + [False] * 2, "general": [True] * 4}), champ, s)
     assert not d.passed and "retention accuracy dropped 0.200" in d.reason
@@ -292,7 +291,7 @@ def test_unhealthy_endpoint_fails_closed(items, settings) -> None:
 
 
 def test_managed_server_that_cannot_start_fails_closed(items, settings, tmp_path) -> None:
-    s = dataclasses.replace(settings, serve_python=Path("/nonexistent/python"))
+    s = settings.model_copy(update=dict(serve_python=Path("/nonexistent/python")))
     (tmp_path / "cand").mkdir()
     rep = run_gate(tmp_path / "cand", items, s, "m/2", log=lambda m: None)
     assert not rep.decision.passed and "candidate server failed" in rep.decision.reason
@@ -329,7 +328,7 @@ def test_champion_server_failure_fails_closed(items, settings, servers) -> None:
 def test_judge_verdicts_decide_and_are_cached(items, settings, servers) -> None:
     cand = servers("good", {i.question: f"number {i.id} of the codes" for i in items})  # rule says wrong
     judge = servers("judge")
-    s = dataclasses.replace(settings, judge_base_url=judge.url, judge_model="j")
+    s = settings.model_copy(update=dict(judge_base_url=judge.url, judge_model="j"))
     rep = run_gate(None, items, s, "m/2", candidate_url=cand.url, log=lambda m: None)
     assert rep.decision.passed, rep.decision.reason
     assert all(r.judge is True and r.correct and r.token_f1 < 0.5 for r in rep.candidate)
@@ -346,7 +345,7 @@ def test_judge_verdicts_decide_and_are_cached(items, settings, servers) -> None:
     before = judge.requests
     assert asyncio.run(twice()) == [True, True] and judge.requests == before + 1
     bad = servers("garbage")
-    s2 = dataclasses.replace(settings, judge_base_url=bad.url, judge_model="j")
+    s2 = settings.model_copy(update=dict(judge_base_url=bad.url, judge_model="j"))
     rep = run_gate(None, items, s2, "m/2", candidate_url=cand.url, log=lambda m: None)
     assert not rep.decision.passed and "judge gave no verdict" in rep.decision.reason
 

@@ -36,6 +36,44 @@ def test_bitflip_is_detected(make_tiny) -> None:
     assert any("sha256" in p for p in verify_model_dir(d))
 
 
+def test_sha256_stamp_skips_unchanged_files_and_never_hides_a_write(tmp_path: Path, monkeypatch) -> None:
+    import time
+
+    import past.models as pm
+
+    f = tmp_path / "shard.bin"
+    f.write_bytes(b"a" * 4096)
+    assert pm.sha256_stamped(f) == pm.sha256_file(f)
+    assert not list((tmp_path / "sha256-stamps").glob("*.json"))  # just written: racy, never stamped
+    monkeypatch.setattr(pm, "RACY_S", 0.0)
+    first = pm.sha256_stamped(f)
+    assert len(list((tmp_path / "sha256-stamps").glob("*.json"))) == 1
+    real = pm.sha256_file
+    monkeypatch.setattr(pm, "sha256_file", lambda p, chunk=0: pytest.fail(f"{p} read again"))
+    assert pm.sha256_stamped(f) == first  # unchanged: the stamp answers
+    monkeypatch.setattr(pm, "sha256_file", real)
+    time.sleep(0.05)
+    f.write_bytes(b"b" * 4096)  # same size, new bytes: ctime moves, the stamp no longer matches
+    assert pm.sha256_stamped(f) == real(f) != first
+
+
+def test_a_verified_model_corrupted_in_place_is_still_caught(make_tiny, monkeypatch) -> None:
+    import time
+
+    import past.models as pm
+
+    monkeypatch.setattr(pm, "RACY_S", 0.0)
+    d = make_tiny("m")
+    assert verify_model_dir(d) == []  # stamps every file
+    time.sleep(0.05)
+    w = d / "model.safetensors"
+    data = bytearray(w.read_bytes())
+    data[-100] ^= 0xFF
+    w.write_bytes(bytes(data))
+    assert any("sha256" in p for p in verify_model_dir(d))
+    assert any("sha256" in p for p in verify_model_dir(d, full=True))
+
+
 def test_missing_manifest_is_a_problem(make_tiny) -> None:
     d = make_tiny("m")
     (d / MANIFEST).unlink()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -53,7 +53,7 @@ def run_verify(args: argparse.Namespace) -> int:
     from past.errors import PastError
     from past.models import verify_model_dir
 
-    problems = verify_model_dir(args.path)
+    problems = verify_model_dir(args.path, full=True)  # every byte: the check a person runs for bit rot
     if problems:
         raise PastError(f"{args.path}: " + "; ".join(problems))
     print(f"{args.path}: ok")
