@@ -95,6 +95,7 @@ def test_front_answers_503_without_a_champion_then_forwards(tmp_path: Path) -> N
 
 
 @pytest.mark.vllm
+@pytest.mark.slow  # ~2 min of two vLLM servers; CI's soak (tests/test_soak.py) checks the same roll through `past serve`
 @pytest.mark.timeout(900)
 def test_serve_rolls_to_new_champion_without_failed_requests(make_tiny, serve_python: Path, tmp_path: Path,
                                                              monkeypatch: pytest.MonkeyPatch) -> None:
