@@ -16,7 +16,7 @@ SBIN  := $(SERVE_VENV)/bin
 STAMP := $(VENV)/.installed
 SSTAMP := $(SERVE_VENV)/.installed
 
-.PHONY: image demo smoke test test-fast test-slow test-soak venv serve-env doctor bench-skill bench-method bench-refresh bench-knowledge bench-protocol bench-grpo-cost bench-tools clean-venvs
+.PHONY: image demo smoke test test-fast test-slow test-soak venv serve-env doctor bench bench-sft-memory bench-gate bench-skill bench-method bench-refresh bench-knowledge bench-protocol bench-grpo-cost bench-tools clean-venvs
 
 ## demo: the main job on embedded defaults: skill refresh (K=2) on a synthetic source domain, then a new
 ## corpus lands in the inbox and watch -> adapt -> vLLM gate -> promote runs; prints the summary.
@@ -68,6 +68,21 @@ $(SSTAMP):
 	$(SBIN)/python -c "import vllm.entrypoints.openai.api_server" 
 	touch $@
 
+## bench: the cycle's performance figures (issue 14) in one go, each printing its ratios: stage-1 SFT memory
+## and tokens/s, GRPO step cost per recipe variant, gate throughput (vLLM vs transformers), inject vs mergekit
+## vs cp. About an hour on 2 cores; every figure goes to docs/BENCHMARKS.md with its command.
+bench: bench-sft-memory bench-grpo-cost bench-gate bench-skill
+
+## bench-sft-memory: stage-1 peak RSS and tokens/s, a batch of 8 x 512 in one forward vs micro-batches (~15 min)
+bench-sft-memory: $(STAMP)
+	flock -x /tmp/past-cpu.lock $(BIN)/python bench/sft_memory.py --steps 4 --json .bench/sft-memory.json
+
+## bench-gate: gate questions/s at the demo gate's size: vLLM server vs batched vs sequential transformers
+bench-gate: $(STAMP) $(SSTAMP)
+	PAST_HOME="$(PAST_HOME)" $(BIN)/past model prepare
+	flock -x /tmp/past-cpu.lock $(BIN)/python bench/gate_throughput.py --model $(PAST_HOME)/models/smollm2-135m-instruct \
+		--items 53 --concurrency 8 --max-tokens 64 --hf-batch 0 --out .bench/gate.json
+
 ## bench-skill: skill-vector inject vs mergekit task_arithmetic vs cp on synthetic 1B bf16 checkpoints
 MERGEKIT_VENV ?= /tmp/mergekit-venv
 $(MERGEKIT_VENV)/bin/mergekit-yaml:
@@ -102,9 +117,11 @@ bench-protocol: $(STAMP)
 		--dev --in-domain-only --seeds 0 $(PROTOCOL_V2) --out .bench/protocol-dev-v2
 	flock -x /tmp/past-cpu.lock $(BIN)/python bench/protocol.py --seeds $(SEEDS) $(PROTOCOL_V2) --out .bench/protocol-v2
 
-## bench-grpo-cost: where a CPU GRPO step's time goes (generation, log-probs, loss, backward), per recipe variant
+## bench-grpo-cost: where a CPU GRPO step's time goes, at the refresh's shape (8 prompts x 4): full-parameter
+## (beta 0.001, then 0) vs a LoRA policy (beta 0.001, 0, and 2 backward slices); ~20 min. GRPO_COST_ONLY= runs all 9.
+GRPO_COST_ONLY ?= --only 2 3 6 7 8
 bench-grpo-cost: $(STAMP)
-	flock -x /tmp/past-cpu.lock $(BIN)/python bench/grpo_cost.py --steps 5 --out .bench/grpo-cost
+	flock -x /tmp/past-cpu.lock $(BIN)/python bench/grpo_cost.py --steps 5 $(GRPO_COST_ONLY) --out .bench/grpo-cost
 
 ## bench-tools: closed-book tool use (issue #18): GRPO on whole source episodes, the skill vector grafted onto
 ## a target SFT model of unseen APIs. First the dev probe of the settings (in-domain only), then 3 seeds.

@@ -37,6 +37,10 @@ VARIANTS: dict[str, dict] = {
     "8 prompts x 4, beta 0": {"prompts_per_step": 8, "beta": 0.0},
     "8 prompts x 4 in 2 backward slices": {"prompts_per_step": 8, "grad_accum": 2},
     "8 prompts x 4 in 2 backward slices, beta 0": {"prompts_per_step": 8, "grad_accum": 2, "beta": 0.0},
+    "8 prompts x 4, LoRA r64": {"prompts_per_step": 8, "use_lora": True},
+    "8 prompts x 4, LoRA r64, beta 0": {"prompts_per_step": 8, "use_lora": True, "beta": 0.0},
+    "8 prompts x 4, LoRA r64, beta 0, 2 backward slices": {"prompts_per_step": 8, "use_lora": True, "beta": 0.0,
+                                                           "grad_accum": 2},
 }
 
 
@@ -92,10 +96,12 @@ def main() -> None:
            "command": "python " + " ".join(sys.argv), "date": time.strftime("%Y-%m-%d")}
     (args.out / "results.json").write_text(json.dumps(res, indent=1))
     names = sorted({k for r in rows.values() for k in r["blocks"]})
-    print("| variant | step s | " + " | ".join(names) + " | backward + optimizer + other |")
-    print("|---|---:|" + "---:|" * (len(names) + 1))
+    first = next(iter(rows.values()))["step_s"] if rows else 1.0
+    print("| variant | step s | speed-up vs first row | " + " | ".join(names) + " | backward + optimizer + other |")
+    print("|---|---:|---:|" + "---:|" * (len(names) + 1))
     for name, r in rows.items():
-        print(f"| {name} | {r['step_s']:.2f} | " + " | ".join(f"{r['blocks'].get(k, float('nan')):.2f}" for k in names)
+        print(f"| {name} | {r['step_s']:.2f} | {first / r['step_s']:.2f}× | "
+              + " | ".join(f"{r['blocks'].get(k, float('nan')):.2f}" for k in names)
               + f" | {r['backward_optimizer_other_s']:.2f} |")
 
 

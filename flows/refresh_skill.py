@@ -22,14 +22,19 @@ from tasks.common import settings
 from tasks.corpus import resolve_corpus, resolve_rl_questions
 from tasks.registry import champion_corpus, record_refresh
 from tasks.skill import register_skill_vector
-from tasks.training import base_model, finalize_vector, partition_source, recipe_params, refine_round, refresh_key
+from tasks.training import (GRPOOverrides, base_model, finalize_vector, grpo_recipe, partition_source, recipe_params,
+                            refine_round, refresh_key)
 
 
 @flow(name="refresh-skill")
 def refresh_skill(source: str, rounds: int | None = None, regate_model: str | None = None,
-                  rl_questions: str | None = None) -> dict:
+                  rl_questions: str | None = None, grpo: GRPOOverrides | None = None) -> dict:
     """Iterative skill refinement on `source` (corpus id or folder); registers the new skill vector.
-    `rl_questions`: optional JSONL of questions about the source documents for GRPO (else its training QA)."""
+    `rl_questions`: optional JSONL of questions about the source documents for GRPO (else its training QA).
+    `grpo`: GRPO recipe fields to change for this run only, e.g. {"learning_rate": 1e-5, "beta": 0} (the rest
+    come from the settings); a typed form in the Prefect UI, and an unknown field is refused before the run."""
+    grpo = (grpo.model_dump(exclude_none=True) or None) if grpo is not None else None  # only the fields given
+    grpo_recipe(grpo)  # validate the whole recipe up front: a deterministic error, nothing trained
     s = settings()
     k_rounds = rounds or s.grpo_rounds
     c = resolve_corpus(source)
@@ -37,16 +42,16 @@ def refresh_skill(source: str, rounds: int | None = None, regate_model: str | No
     base = base_model()
     # one content key (source, K, RL questions, base + recipes + seed) names the rounds' folder and the vector's
     work = Path(s.runs_dir) / (f"refresh-{c['corpus_id'][:16]}-K{k_rounds}-seed{s.seed}"
-                               + (f"-rl{rl['sha256'][:8]}" if rl else "") + f"-r{refresh_key(base)}")
+                               + (f"-rl{rl['sha256'][:8]}" if rl else "") + f"-r{refresh_key(base, grpo)}")
 
     parts = partition_source(c, k_rounds, str(work), rl)
     records, prev = [], None
     for k, part in enumerate(parts, 1):
-        prev = refine_round(k, part, base, prev, str(work))
+        prev = refine_round(k, part, base, prev, str(work), grpo)
         records.append(prev["record"])
-    vector = finalize_vector(c, records, base, str(Path(s.skills_dir) / work.name))
+    vector = finalize_vector(c, records, base, str(Path(s.skills_dir) / work.name), grpo)
     run_id = record_refresh(c["corpus_id"], {"rounds": k_rounds, "seed": s.seed, "base_model": base["path"],
-                                             "rl_questions": rl["sha256"] if rl else "", **recipe_params()}, records)
+                                             "rl_questions": rl["sha256"] if rl else "", **recipe_params(grpo)}, records)
     version = register_skill_vector(vector, tags={"source_corpus_id": c["corpus_id"], "rounds": str(k_rounds)},
                                     run_id=run_id)
 

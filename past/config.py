@@ -108,6 +108,8 @@ class Settings(BaseSettings):
     sft_batch_size_memorize: int = _f(1, "Stage-1 packed blocks per optimizer step. A corpus of a few dozen blocks gets "
                                       "few steps per epoch at larger batches: on SmolLM2-135M, batch 8 left the stage-1 "
                                       "loss at 0.46 after 12 steps, batch 1 reached 0.03 in 90 steps, in less time.")
+    sft_micro_batch_memorize: int = _f(1, "Stage-1 packed blocks per forward pass; a larger stage-1 batch is reached by "
+                                       "gradient accumulation (same update, a fraction of the memory).")
     sft_epochs_qa: float = _f(3.0, "Epochs of stage 2 (QA, loss on answers only).")
     sft_eval_fraction: float = _f(0.2, "Share of documents whose QA (own and teacher's) is held out for the gate.")
     sft_split_by: Literal["document", "question", "fact"] = _f(
@@ -220,7 +222,7 @@ class Settings(BaseSettings):
         for name in ("sft_lora_r", "sft_lora_alpha", "grpo_prompts_per_step", "sft_processes", "grpo_processes",
                      "gate_concurrency", "gate_tool_max_turns", "adapt_max_attempts", "grpo_rounds", "grpo_max_steps",
                      "grpo_num_generations", "grpo_max_completion_length", "serve_max_model_len",
-                     "sft_batch_size_memorize"):
+                     "sft_batch_size_memorize", "sft_micro_batch_memorize"):
             if getattr(self, name) < 1:
                 raise ValueError(f"setting {name!r} must be ≥ 1")
         return self

@@ -2,7 +2,8 @@
 
 One call = one RL run: load the initial model (e.g. θ_sft_k + v_{k-1}), sample `num_generations`
 completions per question, score them with the rule rewards (and an LLM judge if configured), and update
-all parameters (the skill vector is a dense full-parameter delta, as in the authors' code). The result is a
+all parameters (the skill vector is a dense full-parameter delta, as in the authors' code), or, with
+`use_lora`, a LoRA policy merged at the end (our departure, for CPU step cost: docs/BENCHMARKS.md). The result is a
 plain model folder with a checksum manifest, staged and renamed atomically. Checkpoints are written every
 `save_steps` into a work folder; calling again with the same work folder resumes from the last one.
 
@@ -20,7 +21,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from past.fields import opt as _f
+from past.fields import opt as _f, overrides_model
 from past.memory import PeakRSS
 from past.errors import PastError
 
@@ -48,6 +49,11 @@ class GRPORecipe:
                                 "so a short run's last steps barely learn; 'constant' keeps the rate.")
     grad_accum: int = _f(1, "Split each step's batch into this many backward passes: the same generations and "
                          "one update, but on CPU 32 completions in one pass cost 2.4x 16 (docs/BENCHMARKS.md).")
+    use_lora: bool = _f(False, "Train a LoRA policy (PEFT), merged into full weights at the end; the reference model "
+                        "is then the same weights with the adapter off, never a second copy. A departure from the "
+                        "paper (full-parameter GRPO): v = θ_rl − θ_sft has rank ≤ lora_r per matrix.")
+    lora_r: int = _f(64, "LoRA rank of the GRPO policy (use_lora).")
+    lora_alpha: int = _f(128, "LoRA alpha of the GRPO policy (scale = alpha / r).")
     save_steps: int = _f(10, "Checkpoint every N steps (resume point after a crash).")
     seed: int = _f(0, "Sampling/shuffle seed.")
     use_vllm: bool | None = _f(None, "Generate with vLLM (TRL colocate). None = only when CUDA and vllm exist.")
@@ -55,10 +61,38 @@ class GRPORecipe:
                         "--num_processes N` (DDP: NCCL on GPUs, gloo on CPU; past.launch). Each process samples "
                         "and trains `prompts_per_step` questions a step, so a step sees N × prompts_per_step.")
 
+    def __post_init__(self) -> None:
+        """Checked where the recipe is built (settings, a flow's `grpo` parameter, a bench), before any training."""
+        from transformers.trainer_utils import SchedulerType
+
+        from past.rewards import RULE_REWARDS
+
+        self.rewards, self.reward_weights = tuple(self.rewards), tuple(self.reward_weights)  # from JSON: lists
+        batch = self.prompts_per_step * self.num_generations
+        if self.num_generations < 2 or self.prompts_per_step < 1 or self.max_steps < 1 \
+                or self.max_completion_length < 1 or self.grad_accum < 1 or batch % self.grad_accum:
+            raise GRPOError(f"bad GRPO shape: num_generations {self.num_generations} (≥ 2: GRPO compares a group), "
+                            f"prompts_per_step {self.prompts_per_step}, max_steps {self.max_steps}, "
+                            f"max_completion_length {self.max_completion_length}, grad_accum {self.grad_accum} "
+                            f"(each ≥ 1; grad_accum must divide prompts_per_step × num_generations = {batch})")
+        if self.lr_scheduler_type not in {t.value for t in SchedulerType}:
+            raise GRPOError(f"unknown lr_scheduler_type {self.lr_scheduler_type!r} "
+                            f"(known: {sorted(t.value for t in SchedulerType)})")
+        unknown = [r for r in self.rewards if r not in RULE_REWARDS]
+        if unknown or len(self.reward_weights) != len(self.rewards):
+            raise GRPOError(f"bad rewards {self.rewards} / weights {self.reward_weights} (known: {list(RULE_REWARDS)})")
+        if self.processes < 1 or self.lora_r < 1 or self.beta < 0:
+            raise GRPOError(f"recipe processes {self.processes} and lora_r {self.lora_r} must be ≥ 1, beta {self.beta} ≥ 0")
+
     def key(self) -> dict:
         """The fields that change the trained model (not the checkpoint cadence; `processes` only when > 1, so
         keys made before the field existed stay valid)."""
-        return {k: v for k, v in asdict(self).items() if k != "save_steps" and not (k == "processes" and v == 1)}
+        lora = ("use_lora", "lora_r", "lora_alpha")  # added later: absent from a full-parameter key
+        return {k: v for k, v in asdict(self).items() if k != "save_steps" and not (k == "processes" and v == 1)
+                and not (k in lora and not self.use_lora)}
+
+
+GRPOOverrides = overrides_model(GRPORecipe, "GRPOOverrides")
 
 
 @dataclass
@@ -139,7 +173,6 @@ def train_grpo(
     tool rollout are rebuilt from their descriptions in each, and this process publishes rank 0's policy.
     """
     from past.models import publish_dir, staging_dir, write_manifest
-    from past.rewards import RULE_REWARDS
 
     recipe = recipe or GRPORecipe()
     out_dir = Path(out_dir)
@@ -150,21 +183,6 @@ def train_grpo(
     bad = [i for i, q in enumerate(qa) if not str(q.get("question", "")).strip() or not str(q.get("answer", "")).strip()]
     if bad:
         raise GRPOError(f"QA items {bad[:5]} have an empty question or answer")
-    batch = recipe.prompts_per_step * recipe.num_generations
-    if recipe.num_generations < 2 or recipe.prompts_per_step < 1 or recipe.max_steps < 1 \
-            or recipe.max_completion_length < 1 or recipe.grad_accum < 1 or batch % recipe.grad_accum:
-        raise GRPOError(f"bad GRPO shape: num_generations {recipe.num_generations} (≥ 2: GRPO compares a group), "
-                        f"prompts_per_step {recipe.prompts_per_step}, max_steps {recipe.max_steps}, "
-                        f"max_completion_length {recipe.max_completion_length}, grad_accum {recipe.grad_accum} "
-                        f"(each ≥ 1; grad_accum must divide prompts_per_step × num_generations = {batch})")
-    from transformers.trainer_utils import SchedulerType
-
-    if recipe.lr_scheduler_type not in {t.value for t in SchedulerType}:
-        raise GRPOError(f"unknown lr_scheduler_type {recipe.lr_scheduler_type!r} "
-                        f"(known: {sorted(t.value for t in SchedulerType)})")
-    unknown = [r for r in recipe.rewards if r not in RULE_REWARDS]
-    if unknown or len(recipe.reward_weights) != len(recipe.rewards):
-        raise GRPOError(f"bad rewards {recipe.rewards} / weights {recipe.reward_weights} (known: {list(RULE_REWARDS)})")
     episodic = [r for r in recipe.rewards if r.startswith("episode")]
     if episodic and rollout_func is None:
         raise GRPOError(f"rewards {episodic} score whole tool episodes: pass a rollout_func (past.tool_rollout)")
@@ -172,8 +190,6 @@ def train_grpo(
         raise GRPOError(f"{len(qa)} questions but prompts_per_step = {recipe.prompts_per_step}: every step needs "
                         "that many distinct questions, so GRPO would train nothing; give more questions or lower "
                         "prompts_per_step (setting grpo_prompts_per_step)")
-    if recipe.processes < 1:
-        raise GRPOError(f"recipe processes {recipe.processes} must be ≥ 1")
     work = Path(work_dir) if work_dir else out_dir.parent / f".grpo-work-{out_dir.name}"
     work.mkdir(parents=True, exist_ok=True)
 
@@ -211,8 +227,9 @@ def train_grpo(
 
 
 def save_policy(trainer, folder: Path) -> None:
-    """The trained policy, its tokenizer and generation config, as safetensors."""
-    trainer.model.save_pretrained(folder, safe_serialization=True)
+    """The trained policy (a LoRA policy merged into full weights), its tokenizer and generation config."""
+    model = trainer.model.merge_and_unload() if hasattr(trainer.model, "merge_and_unload") else trainer.model
+    model.save_pretrained(folder, safe_serialization=True)
     trainer.processing_class.save_pretrained(folder)
     trainer.model.generation_config.save_pretrained(folder)
 
@@ -267,8 +284,15 @@ def fit_grpo(init_model_dir, qa: list[dict], work: Path, recipe: GRPORecipe, jud
     )
     tok = AutoTokenizer.from_pretrained(init_model_dir)
     model = AutoModelForCausalLM.from_pretrained(init_model_dir, dtype=torch.float32)
+    peft_config = None
+    if recipe.use_lora:
+        from peft import LoraConfig
+
+        peft_config = LoraConfig(r=recipe.lora_r, lora_alpha=recipe.lora_alpha, target_modules="all-linear",
+                                 task_type="CAUSAL_LM")
     trainer = GRPOTrainer(model=model, reward_funcs=reward_funcs, args=config, train_dataset=_dataset(qa),
-                          processing_class=tok, callbacks=callbacks or [], rollout_func=rollout_func)
+                          processing_class=tok, callbacks=callbacks or [], rollout_func=rollout_func,
+                          peft_config=peft_config)
 
     ckpt = _last_checkpoint(work)
     resumed = int(ckpt.name.split("-")[-1]) if ckpt else 0

@@ -37,7 +37,7 @@ import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
-from past.fields import opt as _f
+from past.fields import opt as _f, overrides_model
 from past.memory import PeakRSS
 from past.keys import content_key
 from past.corpus import SPLIT_BY, Corpus, QAPair, load_corpus, split_qa, write_splits
@@ -63,6 +63,10 @@ class SFTRecipe:
     batch_size: int = _f(8, "Stage 2: QA pairs per device batch.")
     batch_size_memorize: int = _f(1, "Stage 1: packed max_length blocks per device batch. A small corpus is only a "
                                   "few blocks, so a big batch gives it almost no optimizer steps per epoch.")
+    micro_batch_memorize: int = _f(1, "Stage 1: packed blocks per forward pass; `batch_size_memorize` is reached by "
+                                   "gradient accumulation, so the update is the same. TRL trains a packed batch as "
+                                   "one padding-free row, so memory grows with micro-batch × max_length squared "
+                                   "(docs/BENCHMARKS.md: SFT memory). Operational: not in the key.")
     grad_accum: int = _f(1, "Gradient accumulation steps.")
     max_length: int = _f(512, "Tokens per packed block (stage 1) and per QA example (stage 2).")
     chunk_overlap: int = _f(64, "Stage 1: tokens shared by consecutive windows of a document longer than max_length "
@@ -98,6 +102,7 @@ class SFTRecipe:
                     epochs_qa=settings.sft_epochs_qa, lr_memorize=lr, lr_qa=lr, seed=settings.seed,
                     min_steps_qa=settings.sft_min_steps_qa, eval_fraction=settings.sft_eval_fraction,
                     replay_examples=settings.sft_replay_examples, batch_size_memorize=settings.sft_batch_size_memorize,
+                    micro_batch_memorize=settings.sft_micro_batch_memorize,
                     split_by=settings.sft_split_by, lora_r=settings.sft_lora_r,
                     lora_alpha=settings.sft_lora_alpha, processes=settings.sft_processes, mix_qa=settings.sft_mix_qa)
         unknown = sorted(set(overrides) - {f.name for f in fields(cls)})
@@ -116,8 +121,8 @@ class SFTRecipe:
             raise SFTError(f"recipe chunk_overlap {self.chunk_overlap} must be ≥ 0")
         if self.split_by not in SPLIT_BY:
             raise SFTError(f"recipe split_by {self.split_by!r}: expected one of {SPLIT_BY}")
-        if self.batch_size < 1 or self.batch_size_memorize < 1:
-            raise SFTError("recipe batch_size and batch_size_memorize must be ≥ 1")
+        if self.batch_size < 1 or self.batch_size_memorize < 1 or self.micro_batch_memorize < 1:
+            raise SFTError("recipe batch_size, batch_size_memorize and micro_batch_memorize must be ≥ 1")
         for name in ("min_steps_memorize", "min_steps_qa", "check_train_qa", "replay_examples"):
             if getattr(self, name) < 0:
                 raise SFTError(f"recipe {name} must be ≥ 0")
@@ -142,7 +147,7 @@ def _default_absent(field: str, value) -> bool:
     return field in ADDED_FIELDS and value == ADDED_FIELDS[field]
 
 
-OPERATIONAL_FIELDS = ("save_steps", "save_total_limit", "save_every_s")
+OPERATIONAL_FIELDS = ("save_steps", "save_total_limit", "save_every_s", "micro_batch_memorize")
 # what stage 1 depends on: changing a stage-2 field (its lr, steps, rehearsal, split) must not retrain stage 1
 MEMORIZE_FIELDS = ("use_lora", "lora_r", "lora_alpha", "lora_dropout", "lora_targets", "epochs_memorize", "lr_memorize",
                    "lr_scheduler", "warmup", "batch_size_memorize", "grad_accum", "max_length", "chunk_overlap",
@@ -153,20 +158,7 @@ class SFTError(PastError):
     """SFT could not start or finish (no QA, bad base model, output already taken)."""
 
 
-def _overrides_model() -> type:
-    """SFTRecipe's fields, each optional, as a pydantic model: the adapt flow's typed `sft` parameter. Prefect
-    renders it as a form with every field's help in the UI and refuses an unknown field before a run starts."""
-    import typing
-
-    from pydantic import ConfigDict, Field, create_model
-
-    hints = typing.get_type_hints(SFTRecipe)
-    return create_model("SFTOverrides", __config__=ConfigDict(extra="forbid"), __doc__=(
-        "SFT recipe fields to change for one run; a field left empty comes from the settings."),
-        **{f.name: (hints[f.name] | None, Field(None, description=f.metadata.get("help", ""))) for f in fields(SFTRecipe)})
-
-
-SFTOverrides = _overrides_model()
+SFTOverrides = overrides_model(SFTRecipe, "SFTOverrides")
 
 
 # --- datasets ---------------------------------------------------------------------------------------------
@@ -361,10 +353,14 @@ def fit_stage(name: str, model_dir: str, rows: list[dict], recipe: SFTRecipe, st
             [t.strip() for t in recipe.lora_targets.split(",") if t.strip()]
         peft_config = LoraConfig(r=recipe.lora_r, lora_alpha=recipe.lora_alpha, lora_dropout=recipe.lora_dropout,
                                  target_modules=targets, task_type="CAUSAL_LM")
+    # a packed batch is one padding-free row (block-diagonal attention over batch × max_length tokens), so stage 1
+    # runs it as micro-batches and accumulates: the same update, a fraction of the activation memory
+    micro = _micro_batch(batch_size, recipe.micro_batch_memorize) if packing else batch_size
+    accum = recipe.grad_accum * (batch_size // micro)
     args = SFTConfig(
         output_dir=str(ckpt_dir), num_train_epochs=epochs, max_steps=max_steps if max_steps > 0 else -1,
         learning_rate=lr, lr_scheduler_type=recipe.lr_scheduler, warmup_steps=recipe.warmup if recipe.warmup < 1 else int(recipe.warmup),
-        per_device_train_batch_size=batch_size, gradient_accumulation_steps=recipe.grad_accum,
+        per_device_train_batch_size=micro, gradient_accumulation_steps=accum,
         max_length=recipe.max_length, packing=packing, dataset_text_field="text",
         completion_only_loss=None if packing else True,
         use_cpu=not cuda, bf16=cuda and torch.cuda.is_bf16_supported(),
@@ -407,9 +403,15 @@ def fit_stage(name: str, model_dir: str, rows: list[dict], recipe: SFTRecipe, st
         "tokens_per_s": round(float(step_logs[-1].get("train_tokens_per_second", 0.0)), 1) if step_logs
         else (round(tokens / runtime, 1) if runtime > 0 else None), "use_lora": recipe.use_lora,
         "planned_steps": planned, "steps_per_epoch": per_epoch, "peak_rss_gb": rss.peak_gb,
+        **({"micro_batch": micro, "accumulation": accum} if accum > 1 else {}),
         **({"processes": world} if world > 1 else {}),
     }
     return trainer, tok, metrics
+
+
+def _micro_batch(batch: int, most: int) -> int:
+    """The largest divisor of `batch` that is at most `most`: micro-batches × accumulation = the batch exactly."""
+    return max(d for d in range(1, min(batch, most) + 1) if batch % d == 0)
 
 
 def _training_check(train_qa: list[QAPair], recipe: SFTRecipe):

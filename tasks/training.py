@@ -9,7 +9,7 @@ from pathlib import Path
 
 from prefect import task
 
-from past.grpo import GRPORecipe
+from past.grpo import GRPOError, GRPOOverrides, GRPORecipe  # noqa: F401 - GRPOOverrides: the flow parameter type
 from past.keys import content_key
 from past.corpus import atomic_write, load_corpus, read_qa_jsonl
 from past.evaluation import select_new_items
@@ -31,21 +31,26 @@ def sft_recipe(overrides: dict | None = None) -> SFTRecipe:
     return SFTRecipe.from_settings(settings(), **(overrides or {}))
 
 
-def grpo_recipe() -> GRPORecipe:
+def grpo_recipe(overrides: dict | None = None) -> GRPORecipe:
+    """The GRPO recipe from the settings, with a run's overrides (the refresh flow's `grpo` parameter)."""
     s = settings()
-    return GRPORecipe(max_steps=s.grpo_max_steps, num_generations=s.grpo_num_generations,
-                      prompts_per_step=s.grpo_prompts_per_step,
-                      max_completion_length=s.grpo_max_completion_length, seed=s.seed, processes=s.grpo_processes)
+    base = dict(max_steps=s.grpo_max_steps, num_generations=s.grpo_num_generations,
+                prompts_per_step=s.grpo_prompts_per_step, max_completion_length=s.grpo_max_completion_length,
+                seed=s.seed, processes=s.grpo_processes)
+    unknown = sorted(set(overrides or {}) - {f.name for f in dataclasses.fields(GRPORecipe)})
+    if unknown:
+        raise GRPOError(f"unknown GRPO recipe field(s) {unknown}")
+    return GRPORecipe(**(base | {k: v for k, v in (overrides or {}).items() if v is not None}))
 
 
 def sft_key() -> dict:
     return sft_recipe().key()
 
 
-def refine_key() -> dict:
+def refine_key(grpo: dict | None = None) -> dict:
     """What a refinement round's result depends on: both recipes and the judge (not the checkpoint cadence)."""
     s = settings()
-    return {"sft": sft_key(), "grpo": grpo_recipe().key(), "judge": {f: getattr(s, f) for f in JUDGE_FIELDS}}
+    return {"sft": sft_key(), "grpo": grpo_recipe(grpo).key(), "judge": {f: getattr(s, f) for f in JUDGE_FIELDS}}
 
 
 def candidate_key(base: dict, sft: dict | None = None) -> str:
@@ -57,9 +62,10 @@ def candidate_key(base: dict, sft: dict | None = None) -> str:
     return content_key(12, base=base["sha256"], sft=sft_recipe(sft).key(), teacher=corpus_teacher_key(settings()))
 
 
-def refresh_key(base: dict) -> str:
-    """The skill refresh's recipe part: base model content, SFT and GRPO recipes, the judge, the seed."""
-    return content_key(12, base=base["sha256"], **refine_key(), seed=settings().seed)
+def refresh_key(base: dict, grpo: dict | None = None) -> str:
+    """The skill refresh's recipe part: base model content, SFT and GRPO recipes (with the run's overrides), the
+    judge, the seed."""
+    return content_key(12, base=base["sha256"], **refine_key(grpo), seed=settings().seed)
 
 
 @task(cache_policy=cached("base_model"), persist_result=True, retries=1, retry_condition_fn=retry_transient,
@@ -114,18 +120,19 @@ def sft_qa(corpus: dict, stage1: dict, base: dict, work_dir: str, out_dir: str, 
 
 
 @task(cache_policy=cached(recipe=refine_key), persist_result=True, tags=[ACCELERATOR_TAG])
-def refine_round(k: int, partition: str, base: dict, prev_vector: dict | None, work_dir: str) -> dict:
+def refine_round(k: int, partition: str, base: dict, prev_vector: dict | None, work_dir: str,
+                 grpo: dict | None = None) -> dict:
     """One round of iterative skill refinement: SFT on D_k, GRPO from θ_sft_k + v_{k-1}, v_k = θ_rl_k − θ_sft_k."""
     from past.refine import run_round
 
     record = run_round(k, Path(partition), require(base), require(prev_vector) if prev_vector else None,
-                       Path(work_dir), sft_recipe(), grpo_recipe(), judge=judge_reward_from_settings(settings()))
+                       Path(work_dir), sft_recipe(), grpo_recipe(grpo), judge=judge_reward_from_settings(settings()))
     return artifact(record["vector"], record=record)
 
 
-def recipe_params() -> dict:
+def recipe_params(grpo: dict | None = None) -> dict:
     """The SFT and GRPO recipes a refresh runs with, as MLflow params (dotted: sft.lr, grpo.max_steps, ...)."""
-    return {"sft": dataclasses.asdict(sft_recipe()), "grpo": dataclasses.asdict(grpo_recipe())}
+    return {"sft": dataclasses.asdict(sft_recipe()), "grpo": dataclasses.asdict(grpo_recipe(grpo))}
 
 
 @task(cache_policy=cached("seed"), persist_result=True)
@@ -140,7 +147,7 @@ def partition_source(corpus: dict, k: int, work_dir: str, rl_questions: dict | N
 
 
 @task(cache_policy=cached("seed", recipe=refine_key), persist_result=True)
-def finalize_vector(corpus: dict, records: list[dict], base: dict, out_dir: str) -> dict:
+def finalize_vector(corpus: dict, records: list[dict], base: dict, out_dir: str, grpo: dict | None = None) -> dict:
     """Ship v_K: extract it once more into its permanent folder, with the full lineage in its manifest."""
     from past.refine import lineage
     from past.skill import SkillError, extract, read_vector, verify_vector
@@ -155,5 +162,5 @@ def finalize_vector(corpus: dict, records: list[dict], base: dict, out_dir: str)
             shutil.rmtree(out)  # half-written by a crashed attempt (never registered: registration follows this)
     last = records[-1]
     extract(Path(last["rl"]), Path(last["sft_dir"]), out, progress=False,
-            lineage=lineage(corpus["corpus_id"], records, require(base), sft_recipe(), grpo_recipe(), settings().seed))
+            lineage=lineage(corpus["corpus_id"], records, require(base), sft_recipe(), grpo_recipe(grpo), settings().seed))
     return artifact(out)

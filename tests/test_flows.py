@@ -174,6 +174,13 @@ def test_adapt_sft_parameter_is_a_typed_form_with_every_recipe_field() -> None:
     assert form["properties"]["lora_r"]["description"] == "LoRA rank."
     assert form["additionalProperties"] is False
 
+    from flows.refresh_skill import refresh_skill
+    from past.grpo import GRPORecipe
+
+    form = parameter_schema(refresh_skill.fn).model_dump_for_openapi()["definitions"]["GRPOOverrides"]
+    assert set(form["properties"]) == {f.name for f in fields(GRPORecipe)} and not form.get("required")
+    assert "KL coefficient" in form["properties"]["beta"]["description"] and form["additionalProperties"] is False
+
 
 def test_changed_sft_recipe_is_a_new_candidate_after_a_crash_and_after_a_success(harness, env, vector, monkeypatch,
                                                                                 tmp_path) -> None:
@@ -260,6 +267,8 @@ def test_past_up_deploys_the_prefect_yaml(tmp_path) -> None:
 
 
 def test_refresh_skill_flow_registers_current_vector_with_lineage(harness, env, monkeypatch, tmp_path) -> None:
+    from prefect.exceptions import ParameterTypeError
+
     from flows.refresh_skill import refresh_skill
     from past.skill import read_vector
 
@@ -303,11 +312,21 @@ def test_refresh_skill_flow_registers_current_vector_with_lineage(harness, env, 
     assert read_vector(Path(changed["path"]))[0]["lineage"]["grpo_config"]["max_steps"] == 3
     assert manifest["lineage"]["grpo_config"]["max_steps"] == 2 and folder_sha256(path) == sha1
     assert reg.current_skill_vector()[0] == changed["skill_vector_version"]
+    # the same through the flow's typed `grpo` parameter (what a deployment run's form sends): a LoRA policy
+    with pytest.raises(ParameterTypeError, match="lora_rank"):
+        refresh_skill(str(source), rounds=2, grpo={"lora_rank": 4})
+    with pytest.raises(Exception, match="beta"):  # a value the recipe refuses: before any training
+        refresh_skill(str(source), rounds=2, grpo={"beta": -1.0})
+    lora = refresh_skill(str(source), rounds=2, grpo={"use_lora": True, "lora_r": 4})
+    assert lora["skill_vector_version"] not in (version, changed["skill_vector_version"])
+    assert read_vector(Path(lora["path"]))[0]["lineage"]["grpo_config"]["lora_r"] == 4
+    params = reg.client.get_run(reg.client.get_model_version("past-skill-vector", lora["skill_vector_version"]).run_id).data.params
+    assert params["grpo.use_lora"] == "True" and params["grpo.lora_r"] == "4"
     bad = tmp_path / "rl.jsonl"
     bad.write_text('{"question": "How much?", "answer": "10 credits", "doc_id": "d9"}\nnot json\n')
     with pytest.raises(Exception, match="rl.jsonl"):  # checked before any training; nothing registered
         refresh_skill(str(source), rounds=2, rl_questions=str(bad))
-    assert len(reg.client.search_model_versions("name='past-skill-vector'")) == 2
+    assert len(reg.client.search_model_versions("name='past-skill-vector'")) == 3
 
 
 def _shape(root: Path, shape: str) -> Path:

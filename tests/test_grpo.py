@@ -45,6 +45,26 @@ def test_grpo_updates_weights_and_reports_curves(tiny_model_dir: Path, tmp_path:
     assert not (tmp_path / ".grpo-work-rl").exists(), "work folder removed once the model is published"
 
 
+def test_lora_grpo_publishes_merged_full_weights(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """use_lora: a PEFT policy, merged at the end into a plain model folder with the base's tensor names, so the
+    skill vector θ_rl − θ_sft is taken the same way; every changed matrix is a linear layer's weight."""
+    out = tmp_path / "rl"
+    r = train_grpo(tiny_model_dir, QA, out, tiny_recipe(use_lora=True, lora_r=4, lora_alpha=8, beta=0.001),
+                   extra_rewards=[length_reward])
+    assert r.steps == 2 and verify_model_dir(out) == []
+    check_loads(out)
+    assert not (out / "adapter_config.json").exists()
+    before, after = weights(tiny_model_dir), weights(out)
+    assert set(before) == set(after)
+    changed = [k for k in before if not torch.equal(before[k], after[k])]
+    assert changed and all(k.endswith("proj.weight") for k in changed), changed
+    delta = after[changed[0]] - before[changed[0]]
+    assert torch.linalg.matrix_rank(delta.double(), rtol=1e-6) <= 4  # a rank-r update, merged
+    full, lora = GRPORecipe(), GRPORecipe(use_lora=True)
+    assert "use_lora" not in full.key() and "lora_r" not in GRPORecipe(lora_r=8).key()  # old keys unchanged
+    assert lora.key() != full.key() and GRPORecipe(use_lora=True, lora_r=8).key() != lora.key()
+
+
 def test_grad_accum_keeps_one_generation_batch_per_step(tiny_model_dir: Path, tmp_path: Path) -> None:
     """grad_accum slices the backward pass only: each optimizer step still scores prompts_per_step × G
     completions in one call, and a constant schedule is accepted."""
@@ -81,18 +101,20 @@ def test_grpo_resumes_from_checkpoint_after_crash(tiny_model_dir: Path, tmp_path
 @pytest.mark.parametrize(
     "qa, recipe, match",
     [
-        ([], GRPORecipe(), "at least one"),
-        ([{"question": " ", "answer": "x"}], GRPORecipe(), "empty question"),
-        (QA, GRPORecipe(rewards=("nope",), reward_weights=(1.0,)), "bad rewards"),
-        (QA, GRPORecipe(rewards=("token_f1",), reward_weights=(1.0, 2.0)), "bad rewards"),
-        (QA, GRPORecipe(prompts_per_step=3, num_generations=2, grad_accum=4), "grad_accum must divide"),
-        (QA, GRPORecipe(lr_scheduler_type="cosine_wobble"), "unknown lr_scheduler_type"),
-        (QA[:1], GRPORecipe(prompts_per_step=2, num_generations=2), "would train nothing"),
+        ([], {}, "at least one"),
+        ([{"question": " ", "answer": "x"}], {}, "empty question"),
+        (QA, {"rewards": ("nope",), "reward_weights": (1.0,)}, "bad rewards"),
+        (QA, {"rewards": ("token_f1",), "reward_weights": (1.0, 2.0)}, "bad rewards"),
+        (QA, {"prompts_per_step": 3, "num_generations": 2, "grad_accum": 4}, "grad_accum must divide"),
+        (QA, {"lr_scheduler_type": "cosine_wobble"}, "unknown lr_scheduler_type"),
+        (QA, {"beta": -0.1}, "beta"),
+        (QA[:1], {"prompts_per_step": 2, "num_generations": 2}, "would train nothing"),
     ],
 )
 def test_bad_grpo_input(tiny_model_dir: Path, tmp_path: Path, qa, recipe, match) -> None:
+    """A bad recipe is refused where it is built (settings, a flow parameter), bad data by train_grpo."""
     with pytest.raises(GRPOError, match=match):
-        train_grpo(tiny_model_dir, qa, tmp_path / "rl", recipe)
+        train_grpo(tiny_model_dir, qa, tmp_path / "rl", GRPORecipe(**recipe))
     assert not (tmp_path / "rl").exists()
 
 

@@ -45,15 +45,20 @@ def drop(inbox: Path, name: str, tag: str) -> None:
     """A corpus arrives the documented way: staged under a dot-name, `.ready` inside, renamed into place."""
     from past.inbox import READY_MARKER
 
-    tmp = inbox / f".{name}.uploading"
+    tmp = write(inbox / f".{name}.uploading", tag)
+    (tmp / READY_MARKER).touch()
+    os.replace(tmp, inbox / name)
+
+
+def write(tmp: Path, tag: str) -> Path:
+    """Three one-fact documents and their QA."""
     tmp.mkdir(parents=True)
     qa = []
     for i in range(3):
         (tmp / f"d{i}.md").write_text(f"# {tag} unit {i}\nThe {tag} unit {i} costs {i + 20} credits.\n")
         qa.append({"question": f"How much does the {tag} unit {i} cost?", "answer": f"{i + 20} credits", "doc_id": f"d{i}"})
     (tmp / "qa.jsonl").write_text("".join(json.dumps(q) + "\n" for q in qa))
-    (tmp / READY_MARKER).touch()
-    os.replace(tmp, inbox / name)
+    return tmp
 
 
 class Poller(threading.Thread):
@@ -161,6 +166,12 @@ def test_soak_past_up_crash_restart_and_champion_roll(tmp_path: Path, tiny_model
         champion = str(client.get_model_version_by_alias("support-bot", "champion").version)  # an int in MLflow 3
         wait_for("past serve on the last champion", lambda: any(v == champion and ok for _, ok, v in poller.log[-5:]),
                  300, 1)
+
+        # a manual deployment run with a changed recipe field, the way an operator starts one (issue 13)
+        manual = write(tmp_path / "manual-dune", "dune")
+        subprocess.run([str(BIN / "prefect"), "--no-prompt", "deployment", "run", "adapt/adapt", "-p", f"corpus={manual}",
+                        "-p", 'sft={"lora_r": 4}', "--watch", "--watch-timeout", "900"], env={**env, "PREFECT_API_URL": api},
+                       check=True, capture_output=True, timeout=960)
     finally:
         poller.stop.set()
         for p in (up, serve):
@@ -173,8 +184,18 @@ def test_soak_past_up_crash_restart_and_champion_roll(tmp_path: Path, tiny_model
                 except subprocess.TimeoutExpired:
                     os.killpg(p.pid, signal.SIGKILL)
 
-    # every corpus: adapted exactly once (one registered version) or failed with a reason
+    # the manual run trained with the rank it was given: in the MLflow run's params and the model's manifest
+    from past.corpus import load_corpus
+    from past.registry import source_path
+
     versions = client.search_model_versions("name='support-bot'")
+    mine = [v for v in versions if v.tags.get("corpus_id") == load_corpus(manual).id]
+    assert len(mine) == 1, [v.version for v in versions]
+    assert client.get_run(mine[0].run_id).data.params["sft_recipe.lora_r"] == "4"
+    assert json.loads((source_path(mine[0].source) / "past-model.json").read_text())["recipe"]["lora_r"] == 4
+    assert ledger()[load_corpus(manual).id]["status"] in ("promoted", "rejected")
+
+    # every corpus: adapted exactly once (one registered version) or failed with a reason
     for cid, rec in ledger().items():
         mine = [v for v in versions if v.tags.get("corpus_id") == cid]
         if rec["status"] == "failed":

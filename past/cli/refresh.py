@@ -87,7 +87,7 @@ def run_refresh(args: argparse.Namespace) -> int:
             "prompts_per_step": args.prompts_per_step, "learning_rate": args.lr, "beta": args.beta,
             "temperature": args.temperature, "reward_weights": _weights(args.reward_weights),
             "save_steps": args.grpo_save_steps}
-    grpo_recipe = GRPORecipe(**{k: v for k, v in grpo.items() if v is not None})  # train_grpo checks the values
+    grpo_recipe = GRPORecipe(**{k: v for k, v in grpo.items() if v is not None})  # checked here (GRPOError)
     sft_recipe = SFTRecipe.from_settings(
         st, seed=seed, max_steps_memorize=args.sft_steps_memorize, max_steps_qa=args.sft_steps_qa,
         epochs_memorize=args.sft_epochs_memorize, epochs_qa=args.sft_epochs_qa, lr_memorize=args.sft_lr,
