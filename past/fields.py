@@ -32,3 +32,43 @@ def overrides_model(recipe: type, name: str) -> type:
     return create_model(name, __config__=ConfigDict(extra="forbid"), __doc__=(
         f"{recipe.__name__} fields to change for one run; a field left empty comes from the settings."),
         **{f.name: (hints[f.name] | None, Field(None, description=f.metadata.get("help", ""))) for f in fields(recipe)})
+
+
+def add_recipe_args(group, recipe: type, prefix: str = "", aliases: dict[str, tuple[str, ...]] | None = None) -> None:
+    """One command-line option per recipe field, `--<prefix><field-name>`, typed and with the field's help; default
+    None (= the settings decide). Tuple fields take several values, space- or comma-separated."""
+    import argparse
+    import typing
+    from dataclasses import fields
+
+    hints = typing.get_type_hints(recipe)
+    for f in fields(recipe):
+        names = ("--" + prefix + f.name.replace("_", "-"), *(aliases or {}).get(f.name, ()))
+        kind, dest, help_ = hints[f.name], (prefix + f.name).replace("-", "_"), f.metadata.get("help", "")
+        if kind is bool or kind == (bool | None):
+            group.add_argument(*names, dest=dest, action=argparse.BooleanOptionalAction, default=None, help=help_)
+        elif typing.get_origin(kind) is tuple:
+            group.add_argument(*names, dest=dest, nargs="+", default=None, help=f"{help_} (default {' '.join(map(str, f.default))})")
+        else:
+            group.add_argument(*names, dest=dest, type=kind, default=None, help=f"{help_} (default {f.default})")
+
+
+def recipe_args(args, recipe: type, prefix: str = "") -> dict:
+    """The recipe fields given on the command line (`add_recipe_args`), typed; a field not given is absent."""
+    import typing
+    from dataclasses import fields
+
+    from past.errors import PastError
+
+    hints, out = typing.get_type_hints(recipe), {}
+    for f in fields(recipe):
+        value = getattr(args, (prefix + f.name).replace("-", "_"))
+        if value is not None and typing.get_origin(hints[f.name]) is tuple:
+            cast = typing.get_args(hints[f.name])[0]
+            try:
+                value = tuple(cast(v) for token in value for v in token.split(",") if v)
+            except ValueError:
+                raise PastError(f"--{prefix}{f.name.replace('_', '-')}: expected {cast.__name__} values, got {value}") from None
+        if value is not None:
+            out[f.name] = value
+    return out

@@ -17,7 +17,7 @@ import importlib.util
 import json
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable
 
@@ -60,6 +60,17 @@ class GRPORecipe:
     processes: int = _f(1, "Training processes: N > 1 runs the GRPO run under `accelerate launch --multi_gpu "
                         "--num_processes N` (DDP: NCCL on GPUs, gloo on CPU; past.launch). Each process samples "
                         "and trains `prompts_per_step` questions a step, so a step sees N × prompts_per_step.")
+
+    @classmethod
+    def from_settings(cls, settings, **overrides) -> "GRPORecipe":
+        """The recipe from the settings (grpo_*, seed), then a run's overrides (None = not given)."""
+        base = dict(max_steps=settings.grpo_max_steps, num_generations=settings.grpo_num_generations,
+                    prompts_per_step=settings.grpo_prompts_per_step, seed=settings.seed,
+                    max_completion_length=settings.grpo_max_completion_length, processes=settings.grpo_processes)
+        unknown = sorted(set(overrides) - {f.name for f in fields(cls)})
+        if unknown:  # e.g. a misspelt field of a refresh's `grpo` parameter: refuse before any training
+            raise GRPOError(f"unknown GRPO recipe field(s) {unknown}; known: {sorted(f.name for f in fields(cls))}")
+        return cls(**(base | {k: v for k, v in overrides.items() if v is not None}))
 
     def __post_init__(self) -> None:
         """Checked where the recipe is built (settings, a flow's `grpo` parameter, a bench), before any training."""

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from prefect import task
 
-from past.grpo import GRPOError, GRPOOverrides, GRPORecipe  # noqa: F401 - GRPOOverrides: the flow parameter type
+from past.grpo import GRPOOverrides, GRPORecipe  # noqa: F401 - GRPOOverrides: the flow parameter type
 from past.keys import content_key
 from past.corpus import atomic_write, load_corpus, read_qa_jsonl
 from past.evaluation import select_new_items
@@ -33,14 +33,7 @@ def sft_recipe(overrides: dict | None = None) -> SFTRecipe:
 
 def grpo_recipe(overrides: dict | None = None) -> GRPORecipe:
     """The GRPO recipe from the settings, with a run's overrides (the refresh flow's `grpo` parameter)."""
-    s = settings()
-    base = dict(max_steps=s.grpo_max_steps, num_generations=s.grpo_num_generations,
-                prompts_per_step=s.grpo_prompts_per_step, max_completion_length=s.grpo_max_completion_length,
-                seed=s.seed, processes=s.grpo_processes)
-    unknown = sorted(set(overrides or {}) - {f.name for f in dataclasses.fields(GRPORecipe)})
-    if unknown:
-        raise GRPOError(f"unknown GRPO recipe field(s) {unknown}")
-    return GRPORecipe(**(base | {k: v for k, v in (overrides or {}).items() if v is not None}))
+    return GRPORecipe.from_settings(settings(), **(overrides or {}))
 
 
 def sft_key() -> dict:

@@ -163,3 +163,33 @@ def test_corpus_split_takes_the_held_out_unit(tmp_path: Path) -> None:
     assert r.returncode == 0 and summary["by"] == "fact" and summary["eval"] == 0  # every fact asked once
     r = past("corpus", "split", str(facts), "--out", str(tmp_path / "x"), env={"PAST_SFT_SPLIT_BY": "paragraph"})
     assert r.returncode == 2 and "sft_split_by" in r.stderr
+
+
+def test_every_recipe_field_is_a_refresh_option_and_old_names_still_work(tmp_path: Path) -> None:
+    """`past skill refresh` generates one option per GRPORecipe / SFTRecipe field (past.fields.add_recipe_args);
+    the older short names are aliases; a value the recipe refuses fails before any training, in one line."""
+    from dataclasses import fields
+
+    from past.cli import build_parser
+    from past.fields import recipe_args
+    from past.grpo import GRPORecipe
+    from past.sft import SFTRecipe
+
+    argv = ["skill", "refresh", "src", "--out", "v", "--generations", "3", "--grpo-use-lora", "--grpo-lora-r", "8",
+            "--reward-weights", "1,0.5,0.2", "--grpo-rewards", "token_f1", "exact_match", "format",
+            "--sft-steps-qa", "7", "--sft-micro-batch-memorize", "2", "--no-sft-use-lora"]
+    args = build_parser().parse_args(argv)
+    assert recipe_args(args, GRPORecipe, "grpo-") == {
+        "num_generations": 3, "use_lora": True, "lora_r": 8, "reward_weights": (1.0, 0.5, 0.2),
+        "rewards": ("token_f1", "exact_match", "format")}
+    assert recipe_args(args, SFTRecipe, "sft-") == {"max_steps_qa": 7, "micro_batch_memorize": 2, "use_lora": False}
+    shown = past("skill", "refresh", "--help").stdout
+    missing = [flag for flag in ["--grpo-" + f.name.replace("_", "-") for f in fields(GRPORecipe)]
+               + ["--sft-" + f.name.replace("_", "-") for f in fields(SFTRecipe)] if flag not in shown]
+    assert missing == []
+
+    r = past("skill", "refresh", str(tmp_path), "--out", str(tmp_path / "v"), "--grpo-beta", "-1")
+    assert r.returncode == 2 and r.stderr.strip().splitlines()[-1].startswith("error: ") and "beta" in r.stderr
+    r = past("skill", "refresh", str(tmp_path), "--out", str(tmp_path / "v"), "--reward-weights", "1,x")
+    assert r.returncode == 2 and "--grpo-reward-weights: expected float values" in r.stderr
+    assert not (tmp_path / "v").exists()

@@ -13,6 +13,10 @@ from pathlib import Path
 
 
 def register_refresh(ssub: argparse._SubParsersAction) -> None:
+    from past.fields import add_recipe_args
+    from past.grpo import GRPORecipe
+    from past.sft import SFTRecipe
+
     p = ssub.add_parser(
         "refresh", help="learn a skill vector by GRPO over K disjoint partitions of a source corpus",
         description="v_0 = 0; for round k = 1..K: two-stage SFT of the base model on partition D_k gives θ_sft_k, "
@@ -32,42 +36,24 @@ def register_refresh(ssub: argparse._SubParsersAction) -> None:
                    "of the QA facts that SFT never trains on; default: each partition's training QA")
     p.add_argument("--no-judge", action="store_true", help="rule rewards only, even if judge_base_url is set")
     p.add_argument("--json", type=Path, default=None, help="also write the per-round records to this JSON file")
-    g = p.add_argument_group("GRPO (defaults: grpo_* settings, then past.grpo.GRPORecipe)")
-    g.add_argument("--grpo-steps", type=int, default=None, help="optimizer steps per round")
-    g.add_argument("--generations", type=int, default=None, help="group size G (completions per question)")
-    g.add_argument("--prompts-per-step", type=int, default=None, help="questions per optimizer step")
-    g.add_argument("--lr", type=float, default=None, help="GRPO learning rate (full-parameter)")
-    g.add_argument("--beta", type=float, default=None, help="KL coefficient against the round's start model")
-    g.add_argument("--temperature", type=float, default=None, help="rollout sampling temperature")
-    g.add_argument("--completion-length", type=int, default=None, help="max new tokens per completion")
-    g.add_argument("--reward-weights", type=str, default=None,
-                   help="comma-separated weights of token_f1,exact_match,format (default 1,0.5,0.2)")
-    g.add_argument("--grpo-save-steps", type=int, default=None, help="GRPO checkpoint interval (resume points)")
-    s = p.add_argument_group("SFT per round (defaults: sft_* settings, then past.sft.SFTRecipe)")
-    s.add_argument("--sft-steps-memorize", type=int, default=None, help="cap stage 1 at N steps (else epochs)")
-    s.add_argument("--sft-steps-qa", type=int, default=None, help="cap stage 2 at N steps (else epochs)")
-    s.add_argument("--sft-epochs-memorize", type=float, default=None, help="stage 1 epochs")
-    s.add_argument("--sft-epochs-qa", type=float, default=None, help="stage 2 epochs")
+    # every recipe field is an option (the older short names kept as aliases)
+    add_recipe_args(p.add_argument_group("GRPO recipe (defaults: grpo_* settings, then past.grpo.GRPORecipe)"),
+                    GRPORecipe, "grpo-", aliases={
+                        "max_steps": ("--grpo-steps",), "num_generations": ("--generations",), "beta": ("--beta",),
+                        "prompts_per_step": ("--prompts-per-step",), "learning_rate": ("--lr",),
+                        "temperature": ("--temperature",), "max_completion_length": ("--completion-length",),
+                        "reward_weights": ("--reward-weights",)})
+    s = p.add_argument_group("SFT recipe per round (defaults: sft_* settings, then past.sft.SFTRecipe)")
+    add_recipe_args(s, SFTRecipe, "sft-", aliases={"max_steps_memorize": ("--sft-steps-memorize",),
+                                                  "max_steps_qa": ("--sft-steps-qa",)})
     s.add_argument("--sft-lr", type=float, default=None, help="learning rate of both SFT stages")
-    s.add_argument("--sft-batch-size", type=int, default=None, help="SFT batch size")
-    s.add_argument("--sft-max-length", type=int, default=None, help="SFT tokens per block / QA example")
     p.set_defaults(func=run_refresh)
-
-
-def _weights(text: str | None) -> tuple[float, ...] | None:
-    from past.errors import PastError
-
-    if text is None:
-        return None
-    try:
-        return tuple(float(w) for w in text.split(","))
-    except ValueError:
-        raise PastError(f"--reward-weights: expected comma-separated numbers, got {text!r}") from None
 
 
 def run_refresh(args: argparse.Namespace) -> int:
     from past.cli.corpus import opened_corpus
     from past.config import load_settings
+    from past.fields import recipe_args
     from past.grpo import GRPORecipe
     from past.models import resolve_model
     from past.refine import refresh_skill
@@ -78,20 +64,9 @@ def run_refresh(args: argparse.Namespace) -> int:
     rounds = st.grpo_rounds if args.rounds is None else args.rounds
     seed = st.seed if args.seed is None else args.seed
 
-    def pick(option, setting):
-        return setting if option is None else option
-
-    grpo = {"max_steps": pick(args.grpo_steps, st.grpo_max_steps),
-            "num_generations": pick(args.generations, st.grpo_num_generations),
-            "max_completion_length": pick(args.completion_length, st.grpo_max_completion_length), "seed": seed,
-            "prompts_per_step": args.prompts_per_step, "learning_rate": args.lr, "beta": args.beta,
-            "temperature": args.temperature, "reward_weights": _weights(args.reward_weights),
-            "save_steps": args.grpo_save_steps}
-    grpo_recipe = GRPORecipe(**{k: v for k, v in grpo.items() if v is not None})  # checked here (GRPOError)
-    sft_recipe = SFTRecipe.from_settings(
-        st, seed=seed, max_steps_memorize=args.sft_steps_memorize, max_steps_qa=args.sft_steps_qa,
-        epochs_memorize=args.sft_epochs_memorize, epochs_qa=args.sft_epochs_qa, lr_memorize=args.sft_lr,
-        lr_qa=args.sft_lr, batch_size=args.sft_batch_size, max_length=args.sft_max_length)
+    grpo_recipe = GRPORecipe.from_settings(st, **({"seed": seed} | recipe_args(args, GRPORecipe, "grpo-")))
+    lr = {"lr_memorize": args.sft_lr, "lr_qa": args.sft_lr} if args.sft_lr is not None else {}
+    sft_recipe = SFTRecipe.from_settings(st, **({"seed": seed} | lr | recipe_args(args, SFTRecipe, "sft-")))
     judge = None if args.no_judge else judge_reward_from_settings(st)
     base = resolve_model(args.base or st.base_model, st.models_dir)
     work = args.work or args.out.with_name(args.out.name + ".work")

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
-import typing
 from pathlib import Path
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    from past.fields import add_recipe_args
     from past.sft import SFTRecipe
 
     p = sub.add_parser("sft", help="two-stage knowledge SFT of the base model on a corpus",
@@ -28,16 +27,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace --out if it holds another run's model")
     p.add_argument("--metrics", type=Path, default=None, help="also write the returned metrics to this JSON file")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
-    recipe = p.add_argument_group("recipe (docs/corpus.md)")
-    hints = typing.get_type_hints(SFTRecipe)
-    for f in dataclasses.fields(SFTRecipe):
-        flag = "--" + f.name.replace("_", "-")
-        if hints[f.name] is bool:
-            recipe.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None,
-                                help=f.metadata["help"])
-        else:
-            recipe.add_argument(flag, dest=f.name, type=hints[f.name], default=None,
-                                help=f"{f.metadata['help']} (default {f.default})")
+    add_recipe_args(p.add_argument_group("recipe (docs/corpus.md)"), SFTRecipe)
     p.set_defaults(func=run)
 
 
@@ -45,12 +35,13 @@ def run(args: argparse.Namespace) -> int:
     from past.cli.corpus import opened_corpus
     from past.config import load_settings
     from past.corpus import read_qa_jsonl
+    from past.fields import recipe_args
     from past.models import resolve_model
     from past.qa import read_implications
     from past.sft import SFTRecipe, run_sft
 
     s = load_settings()
-    recipe = SFTRecipe.from_settings(s, **{f.name: getattr(args, f.name) for f in dataclasses.fields(SFTRecipe)})
+    recipe = SFTRecipe.from_settings(s, **recipe_args(args, SFTRecipe))
     base = resolve_model(args.base or s.base_model, s.models_dir)
     qa = read_qa_jsonl(args.qa) if args.qa else None
     impl = read_implications(args.implications) if args.implications else None
