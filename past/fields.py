@@ -72,3 +72,18 @@ def recipe_args(args, recipe: type, prefix: str = "") -> dict:
         if value is not None:
             out[f.name] = value
     return out
+
+
+def build_recipe(recipe: type, base: dict, overrides: dict, error: type) -> Any:
+    """`recipe(**base)` with a run's overrides on top (None = not given): an unknown field, or a value of the
+    wrong type reaching a check in `__post_init__`, is an `error` naming it, before anything trains."""
+    from dataclasses import fields
+
+    known = sorted(f.name for f in fields(recipe))
+    unknown = sorted(set(overrides) - set(known))
+    if unknown:  # e.g. a deployment run's recipe parameter with a misspelt field
+        raise error(f"unknown {recipe.__name__} field(s) {unknown}; known: {known}")
+    try:
+        return recipe(**(base | {k: v for k, v in overrides.items() if v is not None}))
+    except TypeError as e:
+        raise error(f"bad {recipe.__name__} value: {e}") from None

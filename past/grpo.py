@@ -17,11 +17,11 @@ import importlib.util
 import json
 import shutil
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from past.fields import opt as _f, overrides_model
+from past.fields import build_recipe, opt as _f, overrides_model
 from past.memory import PeakRSS
 from past.errors import PastError
 
@@ -67,10 +67,7 @@ class GRPORecipe:
         base = dict(max_steps=settings.grpo_max_steps, num_generations=settings.grpo_num_generations,
                     prompts_per_step=settings.grpo_prompts_per_step, seed=settings.seed,
                     max_completion_length=settings.grpo_max_completion_length, processes=settings.grpo_processes)
-        unknown = sorted(set(overrides) - {f.name for f in fields(cls)})
-        if unknown:  # e.g. a misspelt field of a refresh's `grpo` parameter: refuse before any training
-            raise GRPOError(f"unknown GRPO recipe field(s) {unknown}; known: {sorted(f.name for f in fields(cls))}")
-        return cls(**(base | {k: v for k, v in overrides.items() if v is not None}))
+        return build_recipe(cls, base, overrides, GRPOError)
 
     def __post_init__(self) -> None:
         """Checked where the recipe is built (settings, a flow's `grpo` parameter, a bench), before any training."""

@@ -34,10 +34,10 @@ import logging
 import re
 import shutil
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from past.fields import opt as _f, overrides_model
+from past.fields import build_recipe, opt as _f, overrides_model
 from past.memory import PeakRSS
 from past.keys import content_key
 from past.corpus import SPLIT_BY, Corpus, QAPair, load_corpus, split_qa, write_splits
@@ -65,7 +65,7 @@ class SFTRecipe:
                                   "few blocks, so a big batch gives it almost no optimizer steps per epoch.")
     micro_batch_memorize: int = _f(1, "Stage 1: packed blocks per forward pass; `batch_size_memorize` is reached by "
                                    "gradient accumulation, so the update is the same. TRL trains a packed batch as "
-                                   "one padding-free row, so memory grows with micro-batch × max_length squared "
+                                   "one padding-free row, so memory grows with (micro-batch × max_length)² "
                                    "(docs/BENCHMARKS.md: SFT memory). Operational: not in the key.")
     grad_accum: int = _f(1, "Gradient accumulation steps.")
     max_length: int = _f(512, "Tokens per packed block (stage 1) and per QA example (stage 2).")
@@ -105,14 +105,7 @@ class SFTRecipe:
                     micro_batch_memorize=settings.sft_micro_batch_memorize,
                     split_by=settings.sft_split_by, lora_r=settings.sft_lora_r,
                     lora_alpha=settings.sft_lora_alpha, processes=settings.sft_processes, mix_qa=settings.sft_mix_qa)
-        unknown = sorted(set(overrides) - {f.name for f in fields(cls)})
-        if unknown:  # e.g. a deployment run's `sft` parameter with a misspelt field: refuse before any training
-            raise SFTError(f"unknown SFT recipe field(s) {unknown}; known: {sorted(f.name for f in fields(cls))}")
-        base.update({k: v for k, v in overrides.items() if v is not None})
-        try:
-            return cls(**base)
-        except TypeError as e:  # a value of the wrong type reaching a comparison in __post_init__
-            raise SFTError(f"bad SFT recipe value: {e}") from None
+        return build_recipe(cls, base, overrides, SFTError)
 
     def __post_init__(self) -> None:
         if self.max_length < 16:
