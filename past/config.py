@@ -129,6 +129,10 @@ class Settings(BaseSettings):
     sft_learning_rate: float = _f(2e-4, "Learning rate of both SFT stages (LoRA scale; use ~2e-5 for full FT). Model-size "
                                   "dependent: on SmolLM2-135M 2e-4 taught 23 % of the training QA and 1e-3 77 %, but the "
                                   "1e-3 demo candidate lost its general prompts (docs/BENCHMARKS.md); `make demo` uses 1e-3.")
+    sft_learning_rate_qa: float | None = _f(None, "Stage-2 learning rate; unset = `sft_learning_rate`. A lower stage-2 "
+                                            "rate with more steps learns the QA and forgets less (docs/BENCHMARKS.md, E9).")
+    sft_replay_memorize: bool = _f(False, "Stage 1 also trains the rehearsal pairs (`sft_replay_examples`): stage 1 "
+                                   "alone cost SmolLM2-135M most of its general prompts (docs/BENCHMARKS.md, E10).")
     sft_processes: int = _f(1, "Training processes per SFT stage: N > 1 launches each stage with `accelerate launch "
                             "--num_processes N` (DDP; gloo on CPU): one per GPU on a multi-GPU node. The effective batch "
                             "grows N-fold.")
@@ -212,6 +216,8 @@ class Settings(BaseSettings):
             raise ValueError(f"setting 'gate_confidence': {self.gate_confidence} is outside [0.5, 1)")
         if not 0.0 < self.sft_eval_fraction < 1.0:
             raise ValueError(f"setting 'sft_eval_fraction': {self.sft_eval_fraction} is outside (0, 1)")
+        if self.sft_learning_rate_qa is not None and not self.sft_learning_rate_qa > 0:
+            raise ValueError(f"setting 'sft_learning_rate_qa': {self.sft_learning_rate_qa} must be > 0")
         for name in ("gate_min_accuracy", "gate_retention_tolerance", "gate_max_error_rate", "sft_min_train_recall"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"setting {name!r}: {getattr(self, name)} is outside [0, 1]")

@@ -76,6 +76,9 @@ class SFTRecipe:
     replay_examples: int = _f(48, "Stage 2: general prompts answered by the base model itself and trained with the QA "
                               "(self-synthesized rehearsal against forgetting, `past.replay`); 0 = off.")
     replay_max_tokens: int = _f(96, "Stage 2: longest base-model answer to a rehearsal prompt, in tokens.")
+    replay_memorize: bool = _f(False, "Stage 1 also trains the same rehearsal pairs, chat-rendered, packed with the "
+                               "documents: on SmolLM2-135M stage 1 alone took general prompts from 69 to ~13 of 100, "
+                               "more than stage-2 rehearsal wins back (docs/BENCHMARKS.md, E10).")
     check_train_qa: int = _f(32, "Training check: training questions asked closed-book after stage 2 (0 = off).")
     eval_fraction: float = _f(0.2, "Share of documents (or questions, see split_by) held out for the eval gate.")
     split_by: str = _f("document", "Held-out unit: `document` (its QA never trained), `question`, or `fact` (a "
@@ -99,12 +102,14 @@ class SFTRecipe:
     def from_settings(cls, settings, **overrides) -> "SFTRecipe":
         lr = settings.sft_learning_rate
         base = dict(use_lora=settings.sft_use_lora, epochs_memorize=settings.sft_epochs_memorize,
-                    epochs_qa=settings.sft_epochs_qa, lr_memorize=lr, lr_qa=lr, seed=settings.seed,
+                    epochs_qa=settings.sft_epochs_qa, lr_memorize=lr, seed=settings.seed,
+                    lr_qa=lr if settings.sft_learning_rate_qa is None else settings.sft_learning_rate_qa,
                     min_steps_qa=settings.sft_min_steps_qa, eval_fraction=settings.sft_eval_fraction,
                     replay_examples=settings.sft_replay_examples, batch_size_memorize=settings.sft_batch_size_memorize,
                     micro_batch_memorize=settings.sft_micro_batch_memorize,
                     split_by=settings.sft_split_by, lora_r=settings.sft_lora_r,
-                    lora_alpha=settings.sft_lora_alpha, processes=settings.sft_processes, mix_qa=settings.sft_mix_qa)
+                    lora_alpha=settings.sft_lora_alpha, processes=settings.sft_processes, mix_qa=settings.sft_mix_qa,
+                    replay_memorize=settings.sft_replay_memorize)
         return build_recipe(cls, base, overrides, SFTError)
 
     def __post_init__(self) -> None:
@@ -119,6 +124,8 @@ class SFTRecipe:
         for name in ("min_steps_memorize", "min_steps_qa", "check_train_qa", "replay_examples"):
             if getattr(self, name) < 0:
                 raise SFTError(f"recipe {name} must be ≥ 0")
+        if self.replay_memorize and not self.replay_examples:
+            raise SFTError("recipe replay_memorize needs replay_examples > 0 (the pairs it rehearses)")
         if self.processes < 1:
             raise SFTError(f"recipe processes {self.processes} must be ≥ 1")
 
@@ -133,7 +140,7 @@ class SFTRecipe:
 
 # fields added after keys were in use, with their default: left out of the key at that default, so every existing
 # key (work folder, cache entry, candidate) stays what it was
-ADDED_FIELDS = {"processes": 1, "mix_qa": False}
+ADDED_FIELDS = {"processes": 1, "mix_qa": False, "replay_memorize": False}
 
 
 def _default_absent(field: str, value) -> bool:
@@ -144,7 +151,7 @@ OPERATIONAL_FIELDS = ("save_steps", "save_total_limit", "save_every_s", "micro_b
 # what stage 1 depends on: changing a stage-2 field (its lr, steps, rehearsal, split) must not retrain stage 1
 MEMORIZE_FIELDS = ("use_lora", "lora_r", "lora_alpha", "lora_dropout", "lora_targets", "epochs_memorize", "lr_memorize",
                    "lr_scheduler", "warmup", "batch_size_memorize", "grad_accum", "max_length", "chunk_overlap",
-                   "min_steps_memorize", "max_steps_memorize", "seed", "processes", "mix_qa")
+                   "min_steps_memorize", "max_steps_memorize", "seed", "processes", "mix_qa", "replay_memorize")
 
 
 class SFTError(PastError):
@@ -456,19 +463,28 @@ def _corpus_qa(corpus: Corpus, qa: list[QAPair] | None, where: Path) -> list[QAP
     return qa
 
 
+def _replay(base_model: Path, recipe: SFTRecipe, work: Path) -> list[dict]:
+    """The rehearsal pairs both stages train (`past.replay`), cached in the run's work folder."""
+    from past.replay import replay_pairs
+
+    return replay_pairs(Path(base_model), recipe.replay_examples, recipe.replay_max_tokens, work / "replay")
+
+
 def run_memorize(corpus_path: Path, base_model: Path, recipe: SFTRecipe, work_dir: Path,
                  implications: dict[str, list[str]] | None = None, progress: bool = True,
                  qa: list[QAPair] | None = None) -> dict:
     """Stage 1 alone -> {"model": <work>/stage1/model, "metrics", "run_key"}; skipped if already done.
     With `recipe.mix_qa`, the training side of the QA (corpus + `qa`, split exactly as stage 2 will split it)
-    is trained here too."""
+    is trained here too; with `recipe.replay_memorize`, so are stage 2's rehearsal pairs (`past.replay`)."""
     corpus = load_corpus(corpus_path)
     mixed: list[QAPair] = []
     if recipe.mix_qa:
         mixed = split_qa(_corpus_qa(corpus, qa, Path(corpus_path)), recipe.eval_fraction, recipe.seed,
                          recipe.split_by)[0]
+    replay = _replay(base_model, recipe, Path(work_dir)) if recipe.replay_memorize else []
     key = content_key(stage="memorize", corpus=corpus.id, base=model_id(base_model), recipe=recipe.memorize_key(),
-               impl=implications or {}, **({"mixed": sorted(p.id for p in mixed)} if mixed else {}))
+                      impl=implications or {}, **({"mixed": sorted(p.id for p in mixed)} if mixed else {}),
+                      **({"replay": [recipe.replay_examples, recipe.replay_max_tokens]} if replay else {}))
     s1 = Path(work_dir) / "stage1"
     if _done(s1 / "model", key):
         m1 = json.loads((s1 / "metrics.json").read_text()) | {"skipped": True}
@@ -478,7 +494,8 @@ def run_memorize(corpus_path: Path, base_model: Path, recipe: SFTRecipe, work_di
         tok = AutoTokenizer.from_pretrained(base_model)
         rows, cover = memorize_rows(corpus, tok, recipe.max_length, min(recipe.chunk_overlap, recipe.max_length // 4),
                                     implications)
-        rows += mixed_qa_rows(tok, mixed)
+        rows += mixed_qa_rows(tok, mixed + [QAPair(id=f"replay-{i}", question=r["prompt"], answer=r["answer"])
+                                            for i, r in enumerate(replay)])
         m1 = train_stage("memorize", Path(base_model), rows, recipe, s1, s1 / "model", recipe.epochs_memorize,
                          recipe.lr_memorize, recipe.max_steps_memorize, packing=True,
                          manifest_extra={"run_key": key, "corpus_id": corpus.id}, progress=progress,
@@ -486,7 +503,8 @@ def run_memorize(corpus_path: Path, base_model: Path, recipe: SFTRecipe, work_di
                              "coverage": cover["coverage"], "corpus_tokens": cover["corpus_tokens"],
                              "windows": cover["window_count"], "texts_split": cover["texts_split"],
                              "implications": sum(len(v) for v in (implications or {}).values()),
-                             **({"mixed_qa": len(mixed)} if mixed else {})})
+                             **({"mixed_qa": len(mixed)} if mixed else {}),
+                             **({"replay": len(replay)} if replay else {})})
     return {"model": s1 / "model", "metrics": m1, "run_key": key}
 
 
@@ -528,10 +546,8 @@ def run_qa(corpus_path: Path, stage1_model: Path, base_model: Path, recipe: SFTR
         if demos:
             metrics["demos"] = len(demos)
         if recipe.replay_examples:  # rehearsal: the base model's own answers to general prompts (past.replay)
-            from past.replay import replay_pairs
-
             t0 = time.perf_counter()
-            replay = replay_pairs(base_model, recipe.replay_examples, recipe.replay_max_tokens, work / "replay")
+            replay = _replay(base_model, recipe, work)
             rows += [{"prompt": [{"role": "user", "content": r["prompt"]}],
                       "completion": [{"role": "assistant", "content": r["answer"]}]} for r in replay]
             metrics["replay"] = {"examples": len(replay), "seconds": round(time.perf_counter() - t0, 2)}

@@ -310,3 +310,43 @@ def test_mixed_training_puts_the_training_qa_and_only_it_into_stage1(tiny_model_
     text = tok.decode(mixed_qa_rows(tok, train[:1])[0]["input_ids"])
     assert train[0].question in text and train[0].answer in text
     assert not any(p.question in tok.decode(r["input_ids"]) for p in held for r in mixed_qa_rows(tok, train))
+
+
+def test_stage1_rehearsal_trains_the_base_models_own_answers(tiny_model_dir: Path, tmp_path: Path, monkeypatch) -> None:
+    """replay_memorize: stage 1 packs the same rehearsal pairs stage 2 trains (base-model answers to the shipped
+    prompts) beside the documents; the stage-1 key changes with it; it is refused without rehearsal pairs."""
+    import past.sft
+    from past.replay import replay_pairs
+    from past.sft import SFTError
+
+    seen: list[list[dict]] = []
+    real = past.sft.train_stage
+    monkeypatch.setattr(past.sft, "train_stage", lambda stage, base, rows, *a, **k: seen.append(rows) or real(
+        stage, base, rows, *a, **k))
+    kw = dict(max_steps_memorize=1, max_length=128, replay_examples=3, replay_max_tokens=8)
+    plain = past.sft.run_memorize(FACTS, tiny_model_dir, SFTRecipe(**kw), tmp_path / "w0", progress=False)
+    r1 = past.sft.run_memorize(FACTS, tiny_model_dir, SFTRecipe(**kw, replay_memorize=True), tmp_path / "w1",
+                               progress=False)
+    pairs = replay_pairs(tiny_model_dir, 3, 8, tmp_path / "w1" / "replay")
+    assert pairs and r1["metrics"]["replay"] == len(pairs) and r1["run_key"] != plain["run_key"]
+    assert len(seen[1]) == len(seen[0]) + len(pairs)  # the documents' windows, plus one row per rehearsal pair
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    text = tok.decode(seen[1][-1]["input_ids"])
+    assert pairs[-1]["prompt"] in text and pairs[-1]["answer"] in text
+    with pytest.raises(SFTError, match="replay_memorize needs replay_examples"):
+        SFTRecipe(replay_memorize=True, replay_examples=0)
+
+
+def test_stage2_learning_rate_setting_defaults_to_the_stage1_rate() -> None:
+    from past.config import load_settings
+
+    same = SFTRecipe.from_settings(load_settings(sft_learning_rate=1e-3))
+    split = SFTRecipe.from_settings(load_settings(sft_learning_rate=1e-3, sft_learning_rate_qa=5e-4,
+                                                  sft_replay_memorize=True))
+    assert (same.lr_memorize, same.lr_qa, same.replay_memorize) == (1e-3, 1e-3, False)
+    assert (split.lr_memorize, split.lr_qa, split.replay_memorize) == (1e-3, 5e-4, True)
+    assert split.memorize_key() != same.memorize_key() and "replay_memorize" not in same.memorize_key()
+    with pytest.raises(ValueError, match="sft_learning_rate_qa"):
+        load_settings(sft_learning_rate_qa=0)
