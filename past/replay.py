@@ -9,6 +9,10 @@ prompts (greedy, `past/data/replay_prompts.jsonl`), and those prompt/answer pair
 corpus's QA. The targets are the base model's own outputs, so rehearsal can only preserve what the base did,
 never teach it something new; the prompts share no item with the gate's general prompts
 (`past/data/general_prompts.jsonl`, checked in a test), so the gate still measures held-out general ability.
+
+The prompt file is append-only: `replay_examples` = N takes the first N, and a stage-2 run key names N, not the
+prompts, so rewriting an early prompt would silently change what an existing key means (a test pins the first 48,
+the default). Stage 1 keys on the pairs themselves (`replay_memorize`).
 """
 
 from __future__ import annotations

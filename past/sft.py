@@ -484,7 +484,7 @@ def run_memorize(corpus_path: Path, base_model: Path, recipe: SFTRecipe, work_di
     replay = _replay(base_model, recipe, Path(work_dir)) if recipe.replay_memorize else []
     key = content_key(stage="memorize", corpus=corpus.id, base=model_id(base_model), recipe=recipe.memorize_key(),
                       impl=implications or {}, **({"mixed": sorted(p.id for p in mixed)} if mixed else {}),
-                      **({"replay": [recipe.replay_examples, recipe.replay_max_tokens]} if replay else {}))
+                      **({"replay": replay} if replay else {}))  # the pairs themselves: a changed prompt is a new key
     s1 = Path(work_dir) / "stage1"
     if _done(s1 / "model", key):
         m1 = json.loads((s1 / "metrics.json").read_text()) | {"skipped": True}
