@@ -129,8 +129,8 @@ class Settings(BaseSettings):
     sft_learning_rate: float = _f(2e-4, "Learning rate of both SFT stages (LoRA scale; use ~2e-5 for full FT). Model-size "
                                   "dependent: on SmolLM2-135M 2e-4 taught 23 % of the training QA and 1e-3 77 %, but the "
                                   "1e-3 demo candidate lost its general prompts (docs/BENCHMARKS.md); `make demo` uses 1e-3.")
-    sft_learning_rate_qa: float | None = _f(None, "Stage-2 learning rate; unset = `sft_learning_rate`. A lower stage-2 "
-                                            "rate with more steps learns the QA and forgets less (docs/BENCHMARKS.md, E9).")
+    sft_learning_rate_qa: float | None = _f(None, "Stage-2 learning rate; unset = `sft_learning_rate`. On SmolLM2-135M, "
+                                            "5e-4 for 240 steps still learned every training question (docs/BENCHMARKS.md, E9).")
     sft_replay_memorize: bool = _f(False, "Stage 1 also trains the rehearsal pairs (`sft_replay_examples`): stage 1 "
                                    "alone cost SmolLM2-135M most of its general prompts (docs/BENCHMARKS.md, E10).")
     sft_processes: int = _f(1, "Training processes per SFT stage: N > 1 launches each stage with `accelerate launch "

@@ -77,8 +77,8 @@ class SFTRecipe:
                               "(self-synthesized rehearsal against forgetting, `past.replay`); 0 = off.")
     replay_max_tokens: int = _f(96, "Stage 2: longest base-model answer to a rehearsal prompt, in tokens.")
     replay_memorize: bool = _f(False, "Stage 1 also trains the same rehearsal pairs, chat-rendered, packed with the "
-                               "documents: on SmolLM2-135M stage 1 alone took general prompts from 69 to ~13 of 100, "
-                               "more than stage-2 rehearsal wins back (docs/BENCHMARKS.md, E10).")
+                               "documents: on SmolLM2-135M stage 1 kept 58 of the base's 69/100 general prompts with "
+                               "it, 11-15 without (docs/BENCHMARKS.md, E10).")
     check_train_qa: int = _f(32, "Training check: training questions asked closed-book after stage 2 (0 = off).")
     eval_fraction: float = _f(0.2, "Share of documents (or questions, see split_by) held out for the eval gate.")
     split_by: str = _f("document", "Held-out unit: `document` (its QA never trained), `question`, or `fact` (a "
