@@ -51,6 +51,7 @@ def main() -> None:
     ap.add_argument("--keep-model", type=Path, default=None, help="copy the two-stage SFT model folder here")
     ap.add_argument("--mix-qa", action="store_true", help="stage 1 also trains the training QA (mix_qa)")
     ap.add_argument("--replay-memorize", action="store_true", help="stage 1 also trains the rehearsal pairs (replay_memorize)")
+    ap.add_argument("--lora-targets", default="all-linear", help="PEFT target modules of both stages (lora_targets)")
     ap.add_argument("--json", type=Path, default=None)
     a = ap.parse_args()
 
@@ -70,7 +71,7 @@ def main() -> None:
                                          lr_memorize=a.lr, lr_qa=a.lr_qa or a.lr, min_steps_qa=a.min_steps_qa,
                                          batch_size_memorize=a.batch_memorize, replay_examples=a.replay,
                                          eval_fraction=a.eval_fraction, seed=a.seed, split_by=a.split_by, mix_qa=a.mix_qa,
-                                         replay_memorize=a.replay_memorize)
+                                         replay_memorize=a.replay_memorize, lora_targets=a.lora_targets)
         work = Path(tmp) / "work"
         if a.reuse_stage1 and (a.reuse_stage1 / "stage1").is_dir():  # run_memorize checks its key before reusing
             shutil.copytree(a.reuse_stage1 / "stage1", work / "stage1")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -543,3 +544,48 @@ def test_a_run_whose_process_is_gone_is_crashed_and_resubmitted(harness, tmp_pat
     with get_client(sync_client=True) as client:
         assert client.read_flow_run(dead.id).state.type.value == "CRASHED"
         assert client.read_flow_run(alive.id).state.type.value == "RUNNING"
+
+
+NODE_SCRIPT = """
+import pathlib, sys
+from prefect import flow, task
+from prefect.cache_policies import INPUTS
+
+@task(cache_policy=INPUTS, persist_result=True)
+def sft(corpus: str) -> str:
+    with open(sys.argv[1], "a") as f:  # counts real executions
+        f.write("ran\\n")
+    return f"model of {corpus}"
+
+@flow
+def adapt(corpus: str) -> str:
+    return sft(corpus)
+
+print(adapt("c1"))
+"""
+
+
+def test_kubernetes_jobs_share_task_results_through_past_home(harness, tmp_path: Path) -> None:
+    """#15: a rescheduled job on another node (own PREFECT_HOME, own pod file system) finds the cached result of
+    a finished task, because the job env puts Prefect's result storage on the shared volume under PAST_HOME."""
+    import yaml
+    from prefect.settings import PREFECT_API_URL
+
+    root = Path(__file__).resolve().parents[1]
+    env = yaml.safe_load((root / "deployments" / "prefect.yaml").read_text())["definitions"]["gpu_pool"]["job_variables"]["env"]
+    storage = env["PREFECT_RESULTS_LOCAL_STORAGE_PATH"]
+    assert storage.startswith(env["PAST_HOME"] + "/"), "Prefect results must live on the shared volume"
+    script, counter = tmp_path / "node.py", tmp_path / "executions"
+    script.write_text(NODE_SCRIPT)
+
+    def node(name: str, shared: str) -> None:
+        e = {**os.environ, "PREFECT_HOME": str(tmp_path / name), "PREFECT_API_URL": PREFECT_API_URL.value(),
+             "PREFECT_RESULTS_LOCAL_STORAGE_PATH": shared.replace(env["PAST_HOME"], str(tmp_path / "volume"), 1)}
+        r = subprocess.run([sys.executable, str(script), str(counter)], env=e, capture_output=True, text=True, timeout=240)
+        assert r.returncode == 0 and "model of c1" in r.stdout, r.stderr[-2000:]
+
+    node("node-a", storage)
+    node("node-b", storage)  # another pod: its own Prefect home, the same volume
+    assert counter.read_text().count("ran") == 1, "the second node re-ran a task the first had finished"
+    node("node-c", env["PAST_HOME"] + "/elsewhere")  # control: results kept apart -> the task runs again
+    assert counter.read_text().count("ran") == 2
