@@ -387,6 +387,15 @@ def decide(candidate: list[ItemResult], champion: list[ItemResult] | None, setti
                 reasons.append(f"new-corpus accuracy {new:.3f} vs the champion's {m['champion_new_accuracy']:.3f}: "
                                f"paired difference {d.estimate:+.3f}, lower {conf:.0%} bound {d.lower:+.3f} "
                                f"below the margin {settings.gate_margin:+.3f}")
+    for kind in ("retention", "general"):  # intervals beside every score; the rule below stays the point drop
+        rs = sorted((r for r in candidate if r.kind == kind), key=lambda r: r.key)
+        if rs:
+            ci = wilson(sum(r.correct for r in rs), len(rs), conf)
+            m |= {f"candidate_{kind}_accuracy_lower": ci.lower, f"candidate_{kind}_accuracy_upper": ci.upper}
+        champ = {r.key: r for r in champion or [] if r.kind == kind}
+        if rs and champ and all(r.key in champ for r in rs):
+            d = paired_difference([r.correct for r in rs], [champ[r.key].correct for r in rs], conf)
+            m |= {f"{kind}_diff": d.estimate, f"{kind}_diff_lower": d.lower, f"{kind}_diff_upper": d.upper}
     if champion is not None:
         for kind in ("retention", "general"):
             c, h = m.get(f"candidate_{kind}_accuracy"), m.get(f"champion_{kind}_accuracy")

@@ -18,6 +18,7 @@ from past.evaluation import (
     Champion, EvalItem, EvalSetError, ItemResult, build_eval_set, decide, eval_set_hash, general_prompts,
     load_eval_items, run_gate,
 )
+from past.model_card import render
 from past.serving import free_port
 
 QA = [{"id": f"q{i}", "question": f"What is the code word number {i}?", "answer": f"word{i}",
@@ -187,6 +188,13 @@ def test_decide_margin_retention_general(settings) -> None:
     assert d.passed, d.reason
     assert d.champion_version == "m/1" and d.metrics["retention_drop"] == pytest.approx(0.1)
     assert d.metrics["new_diff"] == pytest.approx(0.75) and 0.3 < d.metrics["new_diff_lower"] < 0.75
+    # retention and general show their intervals too (the card renders them); the rule stays the point drop
+    m = d.metrics
+    assert m["candidate_retention_accuracy_lower"] < 0.9 < m["candidate_retention_accuracy_upper"]
+    assert m["retention_diff"] == pytest.approx(-0.1) and m["retention_diff_lower"] < -0.1 < m["retention_diff_upper"]
+    assert m["general_diff"] == 0.0 and m["candidate_general_accuracy_upper"] == pytest.approx(1.0)
+    card = render("m", "2", {}, {}, {"passed": True, "metrics": m})
+    assert "-0.100 [" in card and "| general" in card
     # better than the champion (0.75 vs 0.25), but the paired lower bound does not clear the margin
     d = decide(results({"new": [True] * 15 + [False] * 5, "retention": [True] * 10, "general": [True] * 4}),
                champ, s.model_copy(update=dict(gate_margin=0.45)))
