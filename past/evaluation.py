@@ -356,11 +356,18 @@ def decide(candidate: list[ItemResult], champion: list[ItemResult] | None, setti
             reasons.append(f"SFT did not take: the candidate answered {training_check['correct']} of "
                            f"{training_check['n']} of its own training questions closed-book "
                            f"({training_check['accuracy']:.3f} < sft_min_train_recall {settings.sft_min_train_recall:.3f})")
-    new_rs = sorted((r for r in candidate if r.kind == "new"), key=lambda r: r.key)
+    for kind in KINDS:  # an interval beside every score, and a paired difference where a champion scored the items
+        rs = sorted((r for r in candidate if r.kind == kind), key=lambda r: r.key)
+        if rs:
+            ci = wilson(sum(r.correct for r in rs), len(rs), conf)
+            m |= {f"candidate_{kind}_accuracy_lower": ci.lower, f"candidate_{kind}_accuracy_upper": ci.upper}
+        champ = {r.key: r for r in champion or [] if r.kind == kind}
+        if rs and champ and all(r.key in champ for r in rs):
+            d = paired_difference([r.correct for r in rs], [champ[r.key].correct for r in rs], conf)
+            m |= {f"{kind}_diff": d.estimate, f"{kind}_diff_lower": d.lower, f"{kind}_diff_upper": d.upper}
+    new_rs = [r for r in candidate if r.kind == "new"]
     if new_rs:
-        ci = wilson(sum(r.correct for r in new_rs), len(new_rs), conf)
-        m |= {"candidate_new_accuracy_lower": ci.lower, "candidate_new_accuracy_upper": ci.upper,
-              "new_items": float(len(new_rs))}
+        m["new_items"] = float(len(new_rs))
         if len(new_rs) < settings.gate_min_new_items:
             reasons.append(f"only {len(new_rs)} new-corpus items, fewer than gate_min_new_items "
                            f"{settings.gate_min_new_items}: too few to decide (add QA or let the teacher write more)")
@@ -379,24 +386,11 @@ def decide(candidate: list[ItemResult], champion: list[ItemResult] | None, setti
         if lower + eps < settings.gate_min_accuracy:
             reasons.append(f"new-corpus accuracy {new:.3f} (lower {conf:.0%} bound {lower:.3f}, n={len(new_rs)}) "
                            f"does not clear the floor {settings.gate_min_accuracy:.3f}")
-        champ_new = {r.key: r for r in champion or [] if r.kind == "new"}
-        if champion is not None and champ_new and all(r.key in champ_new for r in new_rs):
-            d = paired_difference([r.correct for r in new_rs], [champ_new[r.key].correct for r in new_rs], conf)
-            m |= {"new_diff": d.estimate, "new_diff_lower": d.lower, "new_diff_upper": d.upper}
-            if d.lower + eps < settings.gate_margin:
-                reasons.append(f"new-corpus accuracy {new:.3f} vs the champion's {m['champion_new_accuracy']:.3f}: "
-                               f"paired difference {d.estimate:+.3f}, lower {conf:.0%} bound {d.lower:+.3f} "
-                               f"below the margin {settings.gate_margin:+.3f}")
-    for kind in ("retention", "general"):  # intervals beside every score; the rule below stays the point drop
-        rs = sorted((r for r in candidate if r.kind == kind), key=lambda r: r.key)
-        if rs:
-            ci = wilson(sum(r.correct for r in rs), len(rs), conf)
-            m |= {f"candidate_{kind}_accuracy_lower": ci.lower, f"candidate_{kind}_accuracy_upper": ci.upper}
-        champ = {r.key: r for r in champion or [] if r.kind == kind}
-        if rs and champ and all(r.key in champ for r in rs):
-            d = paired_difference([r.correct for r in rs], [champ[r.key].correct for r in rs], conf)
-            m |= {f"{kind}_diff": d.estimate, f"{kind}_diff_lower": d.lower, f"{kind}_diff_upper": d.upper}
-    if champion is not None:
+        if "new_diff" in m and m["new_diff_lower"] + eps < settings.gate_margin:
+            reasons.append(f"new-corpus accuracy {new:.3f} vs the champion's {m['champion_new_accuracy']:.3f}: "
+                           f"paired difference {m['new_diff']:+.3f}, lower {conf:.0%} bound {m['new_diff_lower']:+.3f} "
+                           f"below the margin {settings.gate_margin:+.3f}")
+    if champion is not None:  # retention and general: the rule is the point drop against the tolerance
         for kind in ("retention", "general"):
             c, h = m.get(f"candidate_{kind}_accuracy"), m.get(f"champion_{kind}_accuracy")
             if c is not None and h is not None:
