@@ -9,6 +9,7 @@ can differ on near-ties, so the two are close but not bit-identical.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable
 
 from past.corpus import QAPair
 from past.scoring import is_correct
@@ -47,12 +48,15 @@ def replies(model, tokenizer, conversations: list[list[dict]], max_new_tokens: i
     return out
 
 
-def recall(model, tokenizer, pairs: list[QAPair], max_new_tokens: int = 32, confidence: float = 0.95) -> dict:
-    """Share of `pairs` answered correctly (`past.scoring.is_correct`), with its Wilson interval."""
+def recall(model, tokenizer, pairs: list[QAPair], max_new_tokens: int = 32, confidence: float = 0.95,
+           score: Callable[[str, QAPair], bool] | None = None) -> dict:
+    """Share of `pairs` answered correctly, with its Wilson interval. `score(answer, pair)` decides an answer;
+    by default `past.scoring.is_correct` against the pair's reference."""
     if not pairs:
         return {"n": 0, "correct": 0, "accuracy": None, "lower": None, "upper": None, "examples": []}
     got = answers(model, tokenizer, [p.question for p in pairs], max_new_tokens)
-    ok = [is_correct(a, p.answer) for a, p in zip(got, pairs)]
+    score = score or (lambda a, p: is_correct(a, p.answer))
+    ok = [bool(score(a, p)) for a, p in zip(got, pairs)]
     ci = wilson(sum(ok), len(ok), confidence)
     return {"n": len(ok), "correct": sum(ok), "accuracy": round(ci.estimate, 4), "lower": round(ci.lower, 4),
             "upper": round(ci.upper, 4),

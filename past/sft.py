@@ -414,15 +414,21 @@ def _micro_batch(batch: int, most: int) -> int:
     return max(d for d in range(1, min(batch, most) + 1) if batch % d == 0)
 
 
-def _training_check(train_qa: list[QAPair], recipe: SFTRecipe):
-    """after_train hook: closed-book recall on a seeded sample of the stage-2 training questions."""
+def _training_check(train_qa: list[QAPair], recipe: SFTRecipe, tool_ids: frozenset[str] = frozenset()):
+    """after_train hook: closed-book recall on a seeded sample of the stage-2 training questions. A tool task's
+    pair (id in `tool_ids`) is right only when the reply makes its call: same API, same arguments."""
     def check(model, tok) -> dict:
         if recipe.check_train_qa <= 0:
             return {}
         from past.recall import recall
+        from past.scoring import is_correct
+        from past.tools import same_call
+
+        def score(answer: str, p: QAPair) -> bool:
+            return same_call(answer, p.answer) if p.id in tool_ids else is_correct(answer, p.answer)
 
         sample = sorted(train_qa, key=lambda p: hashlib.sha256(f"{recipe.seed}:{p.id}".encode()).hexdigest())
-        return {"train_recall": recall(model, tok, sample[: recipe.check_train_qa])}
+        return {"train_recall": recall(model, tok, sample[: recipe.check_train_qa], score=score)}
     return check
 
 
@@ -554,7 +560,8 @@ def run_qa(corpus_path: Path, stage1_model: Path, base_model: Path, recipe: SFTR
         m2 = train_stage("qa", stage1_model, rows, recipe, s2, tmp_final, recipe.epochs_qa,
                          recipe.lr_qa, recipe.max_steps_qa, packing=False,
                          manifest_extra={"run_key": key, "corpus_id": corpus.id}, progress=progress,
-                         min_steps=recipe.min_steps_qa, after_train=_training_check(train_qa, recipe))
+                         min_steps=recipe.min_steps_qa,
+                         after_train=_training_check(train_qa, recipe, frozenset(t.id for t in corpus.tool_tasks)))
     metrics["qa"] = m2
     stage = staging_dir(out_dir)
     try:

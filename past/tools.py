@@ -329,6 +329,15 @@ def first_call_text(task: ToolTask) -> str:
     return f"Action: {task.tool}\nAction Input: {json.dumps(task.arguments, ensure_ascii=False)}"
 
 
+def same_call(reply: str, reference: str) -> bool:
+    """Does `reply` make the call `reference` makes (same API, same arguments up to case and spacing of string
+    values)? The training check's score for tool pairs: token F1 on the call text counts `tamri_price` for
+    `quanmo_price` as right, since the two texts share all but one token."""
+    got, want = parse_action(reply), parse_action(reference)
+    return (got.arguments is not None and got.name == want.name and want.arguments is not None
+            and {k: _canon(v) for k, v in got.arguments.items()} == {k: _canon(v) for k, v in want.arguments.items()})
+
+
 def finish_text(answer: str) -> str:
     return f"Action: {FINISH}\nAction Input: {json.dumps({'answer': answer}, ensure_ascii=False)}"
 

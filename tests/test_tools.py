@@ -204,3 +204,30 @@ def test_sft_trains_a_tool_corpus_on_first_calls_and_the_gate_runs_episodes(tmp_
     other["tools"][0]["responses"][0]["observation"] = {"price": "1 credit"}
     assert eval_set_hash(items, 64, tools={c.id: c.tools}, max_turns=3) != \
         eval_set_hash(items, 64, tools={c.id: parse_tool_spec(json.dumps(other))[0]}, max_turns=3)
+
+
+def test_training_check_scores_a_tool_pair_by_its_call_not_by_token_overlap(monkeypatch) -> None:
+    """The stage-2 training check once counted a call to another API as right: the texts share every token
+    but the name, so token F1 passed it. A tool pair is now right only for the same API and arguments."""
+    import past.recall
+    from past.corpus import QAPair
+    from past.scoring import is_correct
+    from past.sft import SFTRecipe, _training_check
+    from past.tools import first_call_text, same_call
+
+    task = ToolTask(**TASK, id="tool-1")
+    ref = first_call_text(task)
+    wrong_api = ref.replace("get_price", "get_warranty")
+    spaced = 'Action: get_price\nAction Input: {"product":  "ravmel thermostat"}'
+    assert is_correct(wrong_api, ref)  # what the old check did
+    assert not same_call(wrong_api, ref) and same_call(spaced, ref) and same_call(ref + "\nmore text", ref)
+    assert not same_call('Action: get_price\nAction Input: {"product": "Ravmel"}', ref)
+    assert not same_call("Action: get_price\nAction Input: not json", ref)
+
+    pairs = [QAPair(id="tool-1", question="q1", answer=ref), QAPair(id="qa-1", question="q2", answer="120 credits")]
+    replies = {"q1": wrong_api, "q2": "It costs 120 credits."}
+    monkeypatch.setattr(past.recall, "answers", lambda m, t, qs, n: [replies[q] for q in qs])
+    recipe = SFTRecipe(check_train_qa=8)
+    got = _training_check(pairs, recipe, frozenset({"tool-1"}))(None, None)["train_recall"]
+    assert (got["n"], got["correct"]) == (2, 1)  # the QA pair keeps its F1/containment score
+    assert _training_check(pairs, recipe)(None, None)["train_recall"]["correct"] == 2  # the old behaviour
