@@ -266,12 +266,12 @@ def prefer_served(champion, home: Path, name: str):
 
 def registry_resolver(settings, name: str) -> Callable[[], tuple[str, Path] | None]:
     """Resolve the champion alias in the MLflow registry to (version, model folder)."""
-    from past.registry import Registry, source_path
+    from past.registry import Registry
 
     reg = Registry(settings)
 
     def resolve() -> tuple[str, Path] | None:
         mv = reg.champion(name)
-        return None if mv is None else (str(mv.version), source_path(mv.source))
+        return None if mv is None else (str(mv.version), reg.local_path(mv))
 
     return resolve

@@ -6,7 +6,8 @@ Why not `mlflow.transformers.log_model`: it writes the weights again into the ru
 copy of every candidate (0.5 GB at 135M, 2 GB at 1B in bf16) for a folder that is already content-addressed,
 verified and never rewritten. Instead the MLmodel is a pyfunc `loader_module` model written *in place* beside
 the weights (outside their checksum manifest, like the model card), with `data: .` and this module as its
-loader: the registered version's source stays the folder itself, and MLflow's own loader (which copies the
+loader: the registered version's source stays the folder itself (against an MLflow HTTP server, which refuses
+in-place sources, the folder is uploaded once as run artifacts: past.registry), and MLflow's own loader (which copies the
 folder to a local path first, as it does for any model URI) finds weights, tokenizer and chat template there.
 The loader needs `past` importable, the same as serving it with `past serve`.
 """

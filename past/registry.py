@@ -6,7 +6,9 @@ Layout in MLflow (embedded default: `sqlite:///<home>/mlflow/mlflow.db`, artifac
   SFT config), metrics (losses, gate scores, timings), artifacts (`gate/items.json` per-item table,
   `gate/decision.json`, `gate/gate-report.json`, plus any report files passed in).
 - registered model NAME: one version per candidate; `source` is the model folder itself (file:// URI, nothing
-  is copied) and tags carry the manifest sha256, corpus id, skill vector version, λ, the gate verdict and the
+  is copied; an MLflow HTTP server, which refuses in-place sources and serves nodes that share no disk, gets
+  the folder uploaded as artifacts of the run, `runs:/<run>/model`, and other nodes download a verified copy
+  once: `Registry.local_path`) and tags carry the manifest sha256, corpus id, skill vector version, λ, the gate verdict and the
   reason. The alias `champion` moves only on a pass (or a deliberate `past promote`/`past rollback`); its
   history is the registered-model tag `champion_history` (a JSON list of versions, newest last).
 - registered model `past-skill-vector`: one version per skill vector, alias `current`.
@@ -107,6 +109,15 @@ def source_path(source: str) -> Path:
     return Path(urllib.parse.unquote(u.path)) if u.scheme == "file" else Path(source)
 
 
+def is_remote(uri: str) -> bool:
+    """An MLflow HTTP server: it refuses file:// version sources, and its clients may share no disk."""
+    return urllib.parse.urlparse(uri).scheme in ("http", "https")
+
+
+MODEL_ARTIFACTS, VECTOR_ARTIFACTS = "model", "skill-vector"  # run artifact folders of uploaded versions
+LOCAL_SOURCE_TAG = "local_source"  # the folder a remote version was uploaded from, used where it still verifies
+
+
 class Registry:
     """Thin, typed wrapper over `MlflowClient` for PaST's runs, candidates, aliases and skill vectors."""
 
@@ -136,7 +147,8 @@ class Registry:
         exp = self.client.get_experiment_by_name(name)
         if exp is not None:
             return exp.experiment_id
-        art = (self.store_dir / "artifacts" / name).resolve().as_uri()
+        # a server keeps artifacts in its own store; a local path here would be this node's disk
+        art = None if is_remote(self.uri) else (self.store_dir / "artifacts" / name).resolve().as_uri()
         try:
             return self.client.create_experiment(name, artifact_location=art)
         except Exception:  # noqa: BLE001 - another process created it first
@@ -236,9 +248,68 @@ class Registry:
         all_tags = {"manifest_sha256": folder_sha256(model_dir), "corpus_id": corpus_id,
                     "skill_vector_version": skill_version, "lambda": "" if lam is None else str(lam),
                     "gate": "pending", **(tags or {})}
-        mv = self.client.create_model_version(name, source=model_dir.as_uri(), run_id=run_id, tags=all_tags,
+        source, extra = self._source(model_dir, run_id, MODEL_ARTIFACTS)
+        mv = self.client.create_model_version(name, source=source, run_id=run_id, tags=all_tags | extra,
                                               description=f"corpus {corpus_id}, skill vector {skill_version or '-'}")
         return str(mv.version)
+
+    def _source(self, path: Path, run_id: str | None, artifact_path: str) -> tuple[str, dict[str, str]]:
+        """A new version's source, and the tags that go with it: the folder in place for a registry database;
+        for an MLflow HTTP server, the folder (or file) uploaded as artifacts of `run_id` first."""
+        if not is_remote(self.uri):
+            return path.as_uri(), {}
+        if not run_id:
+            raise RegistryError(f"registering {path} on the MLflow server {self.uri} needs a run to upload it to")
+        if path.is_dir():
+            self.client.log_artifacts(run_id, str(path), artifact_path)
+            where = artifact_path
+        else:
+            self.client.log_artifact(run_id, str(path), artifact_path)
+            where = f"{artifact_path}/{path.name}"
+        return f"runs:/{run_id}/{where}", {LOCAL_SOURCE_TAG: str(path)}
+
+    def local_path(self, mv) -> Path:
+        """A version's files on this machine. In place for a file:// source. For an uploaded one: the folder it
+        was uploaded from if it is here and still matches the version's checksum tag, else a copy downloaded
+        once into <home>/mlflow/cache/<name>/<version> and checked against that tag before it is used."""
+        if urllib.parse.urlparse(mv.source).scheme in ("", "file"):
+            return source_path(mv.source)
+        from filelock import FileLock
+
+        want = mv.tags.get("manifest_sha256") or mv.tags.get("sha256", "")
+        here = Path(mv.tags.get(LOCAL_SOURCE_TAG, "") or "/nonexistent")
+        if here.exists() and folder_sha256(here) == want:
+            return here
+        leaf = urllib.parse.urlparse(mv.source).path.rstrip("/").rsplit("/", 1)[-1]
+        final = self.store_dir / "cache" / mv.name / str(mv.version)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        with FileLock(str(final) + ".lock"):  # one download per version per home, however many callers
+            if not (final / leaf).exists():
+                self._download(mv, final, leaf, want)
+        return final / leaf
+
+    def _download(self, mv, final: Path, leaf: str, want: str) -> None:
+        import shutil
+        import tempfile
+
+        import mlflow.artifacts
+
+        from past.models import MANIFEST, verify_model_dir
+
+        stage = Path(tempfile.mkdtemp(prefix=f".{mv.version}-", dir=final.parent))
+        try:
+            got = Path(mlflow.artifacts.download_artifacts(artifact_uri=mv.source, dst_path=str(stage),
+                                                           tracking_uri=self.uri))
+            problems = [] if folder_sha256(got) == want else [f"checksum {folder_sha256(got)[:12]} != tag {want[:12]}"]
+            if got.is_dir() and (got / MANIFEST).is_file():
+                problems += verify_model_dir(got)  # every file against the manifest, not just the manifest
+            if problems:
+                raise RegistryError(f"{mv.name} v{mv.version} from {mv.source} does not verify: " + "; ".join(problems))
+            if got.name != leaf:
+                raise RegistryError(f"{mv.source} downloaded as {got.name!r}, expected {leaf!r}")
+            stage.rename(final)
+        finally:
+            shutil.rmtree(stage, ignore_errors=True)
 
     def _ensure_model(self, name: str) -> None:
         from mlflow.exceptions import MlflowException
@@ -276,7 +347,7 @@ class Registry:
         from past.evaluation import Champion
 
         mv = self.champion(name)
-        return None if mv is None else Champion(ref(name, mv.version), source_path(mv.source))
+        return None if mv is None else Champion(ref(name, mv.version), self.local_path(mv))
 
     # -- gate results and promotion ----------------------------------------------------------------------------
     def record_gate(self, name: str, version: str, run_id: str | None, report) -> None:
@@ -302,10 +373,12 @@ class Registry:
         mv = self.version(name, version)
         params = self.client.get_run(run_id).data.params if run_id else {}
         text = render(name, str(version), dict(mv.tags), dict(params), report.to_dict()["decision"])
-        path = source_path(mv.source) / CARD
+        path = self.local_path(mv) / CARD
         atomic_write(path, text)
         if run_id:
             self.client.log_text(run_id, text, "model-card/README.md")
+            if urllib.parse.urlparse(mv.source).scheme not in ("", "file"):  # and beside the uploaded weights
+                self.client.log_text(run_id, text, f"{MODEL_ARTIFACTS}/{CARD}")
         return path
 
     def conclude(self, name: str, version: str, run_id: str | None, report) -> Outcome:
@@ -406,9 +479,10 @@ class Registry:
         if not path.exists():
             raise RegistryError(f"skill vector {path} does not exist")
         self._ensure_model(name)
+        source, extra = self._source(path, run_id, VECTOR_ARTIFACTS)
         mv = self.client.create_model_version(
-            name, source=path.as_uri(), run_id=run_id,
-            tags={"sha256": folder_sha256(path), **{k: str(v) for k, v in (tags or {}).items()}})
+            name, source=source, run_id=run_id,
+            tags={"sha256": folder_sha256(path), **{k: str(v) for k, v in (tags or {}).items()}} | extra)
         if make_current:
             with self._locked():
                 self.client.set_registered_model_alias(name, CURRENT, str(mv.version))
@@ -417,7 +491,7 @@ class Registry:
     def current_skill_vector(self, name: str = SKILL_MODEL):
         """(version, local path) of the `current` skill vector, or None."""
         mv = self.alias(name, CURRENT)
-        return None if mv is None else (str(mv.version), source_path(mv.source))
+        return None if mv is None else (str(mv.version), self.local_path(mv))
 
 
 def _columns(rows: list[dict]) -> dict[str, list]:

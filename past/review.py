@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from past.registry import CHALLENGER, CHAMPION, SKILL_MODEL, Registry, source_path
+from past.registry import CHALLENGER, CHAMPION, SKILL_MODEL, Registry
 
 
 @dataclass
@@ -69,7 +69,7 @@ def _card_check(reg: Registry, name: str, version: str, mv) -> Finding:
     from past.model_card import CARD, render
 
     what = f"{name} v{version}: model card = gate report"
-    path = source_path(mv.source) / CARD
+    path = reg.local_path(mv) / CARD
     if not path.is_file():
         return Finding(what, False, f"no {CARD} in {path.parent}")
     run = reg.client.get_run(mv.run_id)

@@ -246,7 +246,8 @@ def test_watch_two_corpora_at_once_then_backfill_is_idempotent(harness, env, vec
 
 
 def test_past_up_deploys_the_prefect_yaml(tmp_path) -> None:
-    """`past up --exit-after-deploy`: real Prefect server, work pools, `prefect deploy --all`, MLflow UI."""
+    """`past up --exit-after-deploy`: real Prefect server, work pools, `prefect deploy --all`, and MLflow as a
+    tracking server (`--mlflow-server`; the soak runs the default, the UI over the store)."""
     from past.serving import free_port
 
     env = {**os.environ, "PAST_HOME": str(tmp_path / "home"), "PREFECT_HOME": str(tmp_path / "prefect")}
@@ -254,11 +255,12 @@ def test_past_up_deploys_the_prefect_yaml(tmp_path) -> None:
     serve_port = free_port()
     r = subprocess.run([str(Path(os.sys.executable).parent / "past"), "up", "--exit-after-deploy",
                         "--prefect-port", str(free_port()), "--mlflow-port", str(free_port()),
-                        "--serve", "support-bot", "--serve-port", str(serve_port)],
+                        "--serve", "support-bot", "--serve-port", str(serve_port), "--mlflow-server"],
                        capture_output=True, text=True, env=env, timeout=400)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     assert "deployed flows" in r.stdout
     assert f"champion of support-bot: http://127.0.0.1:{serve_port}/v1" in r.stdout  # `past serve` in the tree
+    assert "(tracking server: flows upload versions to it)" in r.stdout
     import socket
 
     with pytest.raises(OSError):  # ... and stopped with it

@@ -2,7 +2,10 @@
 `--serve NAME` the champion endpoint (`past serve`) - and the deployments from deployments/prefect.yaml. Runs in the foreground; Ctrl-C or SIGTERM stops everything.
 
 It only launches the `prefect` and `mlflow` command-line programs (no Prefect import: past/ stays free of
-the orchestrator). Prefect's state lives in <home>/prefect, logs in <home>/logs.
+the orchestrator). Prefect's state lives in <home>/prefect, logs in <home>/logs. By default the flows write
+to the MLflow store directly (versions point at model folders in place) and the UI reads it; with
+`--mlflow-server` MLflow runs as a tracking server with artifact storage and the flows go through it over
+HTTP, as pods of a cluster do (versions are uploaded; `past.registry.Registry.local_path`).
 """
 
 from __future__ import annotations
@@ -25,6 +28,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                        "refresh-skill weekly (deployments/prefect.yaml).")
     p.add_argument("--prefect-port", type=int, default=4200, help="Prefect API/UI port")
     p.add_argument("--mlflow-port", type=int, default=5000, help="MLflow UI port")
+    p.add_argument("--mlflow-server", action="store_true",
+                   help="run MLflow as a tracking server that stores artifacts (as on a cluster) and point the flows "
+                   "at http://127.0.0.1:PORT: versions are uploaded, not registered in place")
     p.add_argument("--no-worker", action="store_true", help="deploy only; start no process worker")
     p.add_argument("--serve", metavar="NAME", default="",
                    help="also run `past serve NAME` in the tree: the champion of NAME on a stable endpoint, rolled "
@@ -148,18 +154,24 @@ def run(args: argparse.Namespace) -> int:
         # training waits forever. No worker of this machine runs yet, so no slot can be legitimately held.
         prefect("concurrency-limit", "reset", "accelerator")
         prefect("global-concurrency-limit", "update", "tag:accelerator", "--active-slots", "0")
+        art = (home / "mlflow" / "artifacts")
+        art.mkdir(parents=True, exist_ok=True)
+        # Before the worker: with --mlflow-server its flows talk to this server, not to the database behind it.
+        store = (["server", "--artifacts-destination", str(art)] if args.mlflow_server
+                 else ["ui", "--default-artifact-root", art.as_uri()])
+        ui = spawn("mlflow-ui", [sys.executable, "-m", "mlflow", store[0], "--backend-store-uri", s.mlflow_uri,
+                                 *store[1:], "--host", "127.0.0.1", "--port", str(args.mlflow_port)])
+        wait_healthy(f"http://127.0.0.1:{args.mlflow_port}/health", ui, 120, "mlflow server")
+        if args.mlflow_server:
+            env["PAST_MLFLOW_TRACKING_URI"] = f"http://127.0.0.1:{args.mlflow_port}"
         prefect("deploy", "--all", "--prefect-file", str(REPO / "deployments" / "prefect.yaml"))
         print(f"deployed flows from deployments/prefect.yaml; Prefect UI http://127.0.0.1:{args.prefect_port}",
               flush=True)
         if not args.no_worker:
             spawn("prefect-worker", [str(bin_dir / "prefect"), "worker", "start", "--pool", "past-local"])
-        art = (home / "mlflow" / "artifacts")
-        art.mkdir(parents=True, exist_ok=True)
-        ui = spawn("mlflow-ui", [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", s.mlflow_uri,
-                                 "--default-artifact-root", art.as_uri(), "--host", "127.0.0.1",
-                                 "--port", str(args.mlflow_port)])
-        wait_healthy(f"http://127.0.0.1:{args.mlflow_port}/health", ui, 120, "mlflow ui")
-        print(f"MLflow UI http://127.0.0.1:{args.mlflow_port}; drop corpora into {home / 'inbox'}", flush=True)
+        print(f"MLflow UI http://127.0.0.1:{args.mlflow_port}"
+              + (" (tracking server: flows upload versions to it)" if args.mlflow_server else "")
+              + f"; drop corpora into {home / 'inbox'}", flush=True)
         if args.serve:
             front = spawn("serve", [str(bin_dir / "past"), "serve", args.serve, "--port", str(args.serve_port)])
             wait_healthy(f"http://127.0.0.1:{args.serve_port}/v1/models", front, 120, "past serve", any_status=True)
