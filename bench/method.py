@@ -21,6 +21,9 @@ reference contained; a two_fact answer that also names the other product is wron
     target_grpo    GRPO on T's train QA from θ_sft_T (the costly upper bound; T's paraphrases are held out)
     lam=x          θ_sft_T + x·v_K for every x in --lams (λ = 0 is θ_sft_T itself, not re-evaluated)
 
+The arms are a table, `ARMS`: name → one builder function that returns the arm's model folder, its marginal and
+its one-off cost; the steps arms share (θ_sft_T, the refresh) live on `SeedRun` and run once, on first use.
+
 Reuse: one refresh per seed gives v_1, v_K and θ_rl_K (arms past, k1, sequential, pre_injection, random and
 the whole λ sweep); θ_sft_T serves past, k1, random, target_grpo and the sweep, which only re-injects.
 Plus the per-layer cosine between Δ_SFT_T = θ_sft_T − θ_base and v (`past.skill.analyze`), answer lengths,
@@ -78,7 +81,6 @@ from past.synthetic import make_domains, split_domain, write_corpus, write_heldo
 
 BASE = REPO / ".past" / "models" / "smollm2-135m-instruct"
 KINDS = ("paraphrase", "doc_only", "two_fact")
-FIXED_ARMS = ("base", "sft", "past", "k1", "pre_injection", "sequential", "source_sft_seq", "random", "target_grpo")
 DEV_SEED_OFFSET = 10_000
 
 
@@ -284,141 +286,206 @@ def cosine_summary(report: dict) -> dict:
             "per_layer_cosine": layers}
 
 
+# --- arms: a table of name → builder; a builder returns (model folder, marginal s, one-off s) ----------------
+Built = tuple[Path, float, float]
+
+
+@dataclass
+class SeedRun:
+    """One seed's shared steps. Each step runs once, on first use, and its record is reused by every arm that
+    needs it (and by a rerun: `step`): the target SFT θ_sft_T and the source refresh (v_1, v_K, θ_rl_K)."""
+    seed: int
+    b: Budget
+    base: Path
+    sdir: Path
+    source: Any
+    sft_recipe: SFTRecipe
+    grpo_recipe: GRPORecipe
+    log: Callable[[str], None]
+    rec: dict[str, dict] = dataclasses.field(default_factory=dict)
+
+    @property
+    def work(self) -> Path:
+        return self.sdir / "work"
+
+    def step(self, name: str, fn: Callable[[], dict], file: str = "") -> dict:
+        if name not in self.rec:
+            self.rec[name] = step(self.sdir / "steps" / f"{file or name}.json", fn, self.log)
+        return self.rec[name]
+
+    def sft_from(self, start: Path, name: str) -> dict:
+        m = run_sft(self.work / "corpora" / "target", self.work / name, start, self.sft_recipe,
+                    work_dir=self.work / f"{name}-work", progress=False)
+        return {"model": str(self.work / name), "metrics": _slim(m)}
+
+    def injected(self, model: Path, vec: Path, name: str, lam: float) -> dict:
+        _fresh(self.work / name)
+        inject(model, vec, self.work / name, lam=lam, progress=False)
+        return {"model": str(self.work / name), "lam": lam}
+
+    def target_sft(self) -> tuple[Path, float]:
+        """θ_sft_T and what it cost."""
+        return self.work / "sft", self.step("sft", lambda: self.sft_from(self.base, "sft"))["wall_s"]
+
+    def refresh(self) -> dict:
+        """The K-round refresh on S (and the cosine of v_K, v_1 with Δ_SFT_T)."""
+        b, work = self.b, self.work
+
+        def run() -> dict:
+            _fresh(work / "vector")
+            rl_qa = None
+            if b.rl_questions == "paraphrase":  # source-domain questions only; the target's are never used
+                rl_qa = work / "corpora" / "source-rl_qa.jsonl"
+                rl_qa.write_text("".join(json.dumps({k: r[k] for k in ("question", "answer", "doc_id")}) + "\n"
+                                         for r in self.source.qa["paraphrase"]))
+            elif b.rl_questions != "train":
+                raise SystemExit(f"error: --rl-questions must be 'paraphrase' or 'train', not {b.rl_questions!r}")
+            r = refresh_skill(work / "corpora" / "source", work / "vector", self.base, b.rounds, work / "refresh",
+                              self.sft_recipe, self.grpo_recipe, seed=self.seed, log=self.log, rl_qa=rl_qa)
+            return {"vector": str(r.vector_dir), "rounds": [{k: x[k] for k in ("round", "wall_s", "phases", "grpo",
+                                                                               "orthogonality", "vector", "rl")}
+                                                           for x in r.rounds]}
+        rec = self.step("refresh", run)
+        sft_T, _ = self.target_sft()
+        for tag in ("K", "1"):
+            out = self.sdir / f"analysis-{tag}"
+            self.step(f"cosine_{tag}", lambda tag=tag, out=out: cosine_summary(
+                analyze(self.vector(tag), self.base, sft_T, _fresh(out) or out, progress=False)))
+        return rec
+
+    def vector(self, k: str) -> Path:
+        """v_K ("K") or v_1 ("1") of the refresh."""
+        rec = self.rec["refresh"]
+        return Path(rec["vector"] if k == "K" else rec["rounds"][0]["vector"])
+
+
+def arm_base(r: SeedRun) -> Built:
+    return r.base, 0.0, 0.0
+
+
+def arm_sft(r: SeedRun) -> Built:
+    sft_T, sft_s = r.target_sft()
+    return sft_T, sft_s, 0.0
+
+
+def arm_lam(r: SeedRun, lam: float) -> Built:
+    """θ_sft_T + λ·v_K: one more corpus costs its SFT and an inject; the refresh is shared."""
+    (sft_T, sft_s), refresh = r.target_sft(), r.refresh()
+    name = f"lam={lam:g}"
+    inj = r.step(name, lambda: r.injected(sft_T, r.vector("K"), name, lam), file=f"inject-{name}")
+    return Path(inj["model"]), sft_s + inj["wall_s"], refresh["wall_s"]
+
+
+def arm_past(r: SeedRun) -> Built:
+    return arm_lam(r, r.b.lam)
+
+
+def arm_k1(r: SeedRun) -> Built:
+    (sft_T, sft_s), refresh = r.target_sft(), r.refresh()
+    inj = r.step("k1", lambda: r.injected(sft_T, r.vector("1"), "k1", r.b.lam))
+    return Path(inj["model"]), sft_s + inj["wall_s"], refresh["rounds"][0]["wall_s"]
+
+
+def arm_pre_injection(r: SeedRun) -> Built:
+    refresh = r.refresh()
+    pre = r.step("pre_inject", lambda: r.injected(r.base, r.vector("K"), "base+v", r.b.lam))
+    sft = r.step("pre_injection", lambda: r.sft_from(r.work / "base+v", "pre_injection"))
+    return r.work / "pre_injection", pre["wall_s"] + sft["wall_s"], refresh["wall_s"]
+
+
+def arm_sequential(r: SeedRun) -> Built:
+    refresh = r.refresh()
+    sft = r.step("sequential", lambda: r.sft_from(Path(refresh["rounds"][-1]["rl"]), "sequential"))
+    return r.work / "sequential", sft["wall_s"], refresh["wall_s"]
+
+
+def arm_source_sft_seq(r: SeedRun) -> Built:
+    def source_sft() -> dict:  # round K's SFT again (same partition, recipe and seed), kept this time
+        part = partition_corpus(load_corpus(r.work / "corpora" / "source"), r.b.rounds, r.work / "source-partitions",
+                                r.seed)[-1]
+        m = run_sft(part, r.work / "source_sft", r.base, r.sft_recipe, work_dir=r.work / "source_sft-work",
+                    progress=False)
+        return {"model": str(r.work / "source_sft"), "partition": part.name, "metrics": _slim(m)}
+    src = r.step("source_sft", source_sft)
+    sft = r.step("source_sft_seq", lambda: r.sft_from(r.work / "source_sft", "source_sft_seq"))
+    return r.work / "source_sft_seq", sft["wall_s"], src["wall_s"]
+
+
+def arm_random(r: SeedRun) -> Built:
+    (sft_T, sft_s), _ = r.target_sft(), r.refresh()
+    out = r.work / "random"
+    rnd = r.step("random", lambda: {"model": str(random_like(r.vector("K"), sft_T, _fresh(out) or out, r.b.lam,
+                                                             r.seed))})
+    return out, sft_s + rnd["wall_s"], 0.0
+
+
+def arm_target_grpo(r: SeedRun) -> Built:
+    sft_T, sft_s = r.target_sft()
+    out = r.work / "target_grpo"
+
+    def run() -> dict:
+        if not _published(out):
+            _fresh(out)
+            qa = [{"question": q.question, "answer": q.answer}
+                  for q in read_qa_jsonl(r.work / "sft-work" / "splits" / "train.jsonl")]
+            train_grpo(sft_T, qa, out, r.grpo_recipe, work_dir=r.work / "target_grpo-work")
+        g = read_result(out)
+        return {"model": str(out), "grpo": {k: g[k] for k in ("steps", "reward_curve", "reward_std_curve", "wall_s")}}
+    grpo = r.step("target_grpo", run)
+    return out, sft_s + grpo["wall_s"], 0.0
+
+
+ARMS: dict[str, Callable[[SeedRun], Built]] = {
+    "base": arm_base, "sft": arm_sft, "past": arm_past, "k1": arm_k1, "pre_injection": arm_pre_injection,
+    "sequential": arm_sequential, "source_sft_seq": arm_source_sft_seq, "random": arm_random,
+    "target_grpo": arm_target_grpo,
+}
+FIXED_ARMS = tuple(ARMS)
+
+
+def builder(arm: str) -> Callable[[SeedRun], Built]:
+    """The table's builder, or the λ sweep's for `lam=X`."""
+    return ARMS.get(arm) or (lambda r: arm_lam(r, float(arm.split("=", 1)[1])))
+
+
 def run_seed(seed: int, b: Budget, base: Path, root: Path, dev: bool, arms: set[str], keep_models: bool,
              log: Callable[[str], None]) -> dict:
     sdir = root / f"seed-{seed}"
-    work, steps, evals = sdir / "work", sdir / "steps", sdir / "evals"
-    sft_recipe, grpo_recipe = recipes(b, seed)
+    work, evals = sdir / "work", sdir / "evals"
     if dev:  # a source-like domain cut in two; the target domain of any seed is never generated
         pool, _ = make_domains(DEV_SEED_OFFSET + seed, b.n_source + b.n_target, 0)
         source, target = split_domain(pool, b.n_source)
     else:
         source, target = make_domains(seed, b.n_source, b.n_target)
-    src_c, tgt_c = work / "corpora" / "source", work / "corpora" / "target"
-    for dom, path in ((source, src_c), (target, tgt_c)):
+    for dom, path in ((source, work / "corpora" / "source"), (target, work / "corpora" / "target")):
         if not path.exists():
             tmp = path.with_name(path.name + ".tmp")
             shutil.rmtree(tmp, ignore_errors=True)
             write_corpus(dom, tmp, rewrites=b.rewrites)
             os.replace(tmp, path)
     items = [json.loads(line) for line in write_heldout(target, sdir / "heldout.jsonl").read_text().splitlines()]
-    need = lambda *names: bool(arms & set(names))  # noqa: E731
-    lams = [x for x in b.lams if x != 0.0]
-    sweep = {f"lam={x:g}" for x in lams}
+    r = SeedRun(seed, b, base, sdir, source, *recipes(b, seed), log)
 
-    def sft_from(start: Path, name: str) -> dict:
-        return run_sft(tgt_c, work / name, start, sft_recipe, work_dir=work / f"{name}-work", progress=False)
-
-    def injected(model: Path, vec: Path, name: str, lam: float) -> dict:
-        _fresh(work / name)
-        inject(model, vec, work / name, lam=lam, progress=False)
-        return {"model": str(work / name), "lam": lam}
-
-    rec: dict[str, dict] = {}
-    rec["sft"] = step(steps / "sft.json", lambda: {"model": str(work / "sft"),
-                                                  "metrics": _slim(sft_from(base, "sft"))}, log)
-    sft_T = work / "sft"
-    if need("past", "k1", "pre_injection", "sequential", "random") or sweep & arms:
-        def refresh() -> dict:
-            _fresh(work / "vector")
-            rl_qa = None
-            if b.rl_questions == "paraphrase":  # source-domain questions only; the target's are never used
-                rl_qa = work / "corpora" / "source-rl_qa.jsonl"
-                rl_qa.write_text("".join(json.dumps({k: r[k] for k in ("question", "answer", "doc_id")}) + "\n"
-                                         for r in source.qa["paraphrase"]))
-            elif b.rl_questions != "train":
-                raise SystemExit(f"error: --rl-questions must be 'paraphrase' or 'train', not {b.rl_questions!r}")
-            r = refresh_skill(src_c, work / "vector", base, b.rounds, work / "refresh", sft_recipe, grpo_recipe,
-                              seed=seed, log=log, rl_qa=rl_qa)
-            return {"vector": str(r.vector_dir), "rounds": [{k: x[k] for k in ("round", "wall_s", "phases", "grpo",
-                                                                               "orthogonality", "vector", "rl")}
-                                                           for x in r.rounds]}
-        rec["refresh"] = step(steps / "refresh.json", refresh, log)
-        v_K, v_1 = Path(rec["refresh"]["vector"]), Path(rec["refresh"]["rounds"][0]["vector"])
-        rl_K = Path(rec["refresh"]["rounds"][-1]["rl"])
-        for tag, vec in (("K", v_K), ("1", v_1)):
-            rec[f"cosine_{tag}"] = step(steps / f"cosine_{tag}.json", lambda vec=vec, tag=tag: cosine_summary(
-                analyze(vec, base, sft_T, _fresh(sdir / f"analysis-{tag}") or sdir / f"analysis-{tag}",
-                        progress=False)), log)
-    for x in lams:
-        if f"lam={x:g}" in arms or (x == b.lam and "past" in arms):
-            rec[f"lam={x:g}"] = step(steps / f"inject-lam={x:g}.json", lambda x=x: injected(sft_T, v_K, f"lam={x:g}", x), log)
-    if "past" in arms and f"lam={b.lam:g}" not in rec:
-        rec[f"lam={b.lam:g}"] = step(steps / f"inject-lam={b.lam:g}.json", lambda: injected(sft_T, v_K, f"lam={b.lam:g}", b.lam), log)
-    if "k1" in arms:
-        rec["k1"] = step(steps / "k1.json", lambda: injected(sft_T, v_1, "k1", b.lam), log)
-    if "pre_injection" in arms:
-        rec["pre_inject"] = step(steps / "pre_inject.json", lambda: injected(base, v_K, "base+v", b.lam), log)
-        rec["pre_injection"] = step(steps / "pre_injection.json", lambda: {
-            "model": str(work / "pre_injection"), "metrics": _slim(sft_from(work / "base+v", "pre_injection"))}, log)
-    if "sequential" in arms:
-        rec["sequential"] = step(steps / "sequential.json", lambda: {
-            "model": str(work / "sequential"), "metrics": _slim(sft_from(rl_K, "sequential"))}, log)
-    if "source_sft_seq" in arms:
-        def source_sft() -> dict:  # round K's SFT again (same partition, recipe and seed), kept this time
-            part = partition_corpus(load_corpus(src_c), b.rounds, work / "source-partitions", seed)[-1]
-            m = run_sft(part, work / "source_sft", base, sft_recipe, work_dir=work / "source_sft-work", progress=False)
-            return {"model": str(work / "source_sft"), "partition": part.name, "metrics": _slim(m)}
-        rec["source_sft"] = step(steps / "source_sft.json", source_sft, log)
-        rec["source_sft_seq"] = step(steps / "source_sft_seq.json", lambda: {
-            "model": str(work / "source_sft_seq"), "metrics": _slim(sft_from(work / "source_sft", "source_sft_seq"))}, log)
-    if "random" in arms:
-        rec["random"] = step(steps / "random.json", lambda: {"model": str(random_like(
-            v_K, sft_T, _fresh(work / "random") or work / "random", b.lam, seed))}, log)
-    if "target_grpo" in arms:
-        def target_grpo() -> dict:
-            out = work / "target_grpo"
-            if not _published(out):
-                _fresh(out)
-                qa = [{"question": q.question, "answer": q.answer}
-                      for q in read_qa_jsonl(work / "sft-work" / "splits" / "train.jsonl")]
-                train_grpo(sft_T, qa, out, grpo_recipe, work_dir=work / "target_grpo-work")
-            g = read_result(out)
-            return {"model": str(out), "grpo": {k: g[k] for k in ("steps", "reward_curve", "reward_std_curve", "wall_s")}}
-        rec["target_grpo"] = step(steps / "target_grpo.json", target_grpo, log)
-
-    # what each arm's model is, and what it cost (marginal per corpus; one-off shared refresh)
-    refresh_s = rec.get("refresh", {}).get("wall_s", 0.0)
-    round1_s = rec["refresh"]["rounds"][0]["wall_s"] if "refresh" in rec else 0.0
-    sft_s = rec["sft"]["wall_s"]
-    models: dict[str, tuple[Path, float, float]] = {"base": (base, 0.0, 0.0), "sft": (sft_T, sft_s, 0.0)}
-    for x in lams:
-        if f"lam={x:g}" in rec:
-            models[f"lam={x:g}"] = (Path(rec[f"lam={x:g}"]["model"]), sft_s + rec[f"lam={x:g}"]["wall_s"], refresh_s)
-    if "past" in arms:
-        models["past"] = models[f"lam={b.lam:g}"]  # after the sweep, so it reuses the λ arm's evaluation
-    if "k1" in rec:
-        models["k1"] = (Path(rec["k1"]["model"]), sft_s + rec["k1"]["wall_s"], round1_s)
-    if "pre_injection" in rec:
-        models["pre_injection"] = (work / "pre_injection", rec["pre_inject"]["wall_s"] + rec["pre_injection"]["wall_s"], refresh_s)
-    if "sequential" in rec:
-        models["sequential"] = (work / "sequential", rec["sequential"]["wall_s"], refresh_s)
-    if "source_sft_seq" in rec:
-        models["source_sft_seq"] = (work / "source_sft_seq", rec["source_sft_seq"]["wall_s"], rec["source_sft"]["wall_s"])
-    if "random" in rec:
-        models["random"] = (work / "random", sft_s + rec["random"]["wall_s"], 0.0)
-    if "target_grpo" in rec:
-        models["target_grpo"] = (work / "target_grpo", sft_s + rec["target_grpo"]["wall_s"], 0.0)
-
+    # every arm asked for (θ_sft_T always: the reference row), in table order with the λ sweep after `sft`
+    order = ["base", "sft", *(f"lam={x:g}" for x in b.lams if x != 0.0), *FIXED_ARMS[2:]]
+    built = {arm: builder(arm)(r) for arm in order if arm in arms or arm == "sft"}
     scores: dict[str, dict] = {}
-    for arm, (model, marginal, one_off) in models.items():
-        if arm not in arms and arm != "sft":
-            continue
-        if arm == "past" and f"lam={b.lam:g}" in scores:  # the same weights: one evaluation serves both rows
-            scores[arm] = scores[f"lam={b.lam:g}"]
-            continue
-        ev = step(evals / f"{arm}.json", lambda model=model: score_items(items, generate_answers(
-            model, [it["question"] for it in items], b.max_new_tokens, b.eval_batch)), log)
+    evaluated: dict[Path, dict] = {}
+    for arm, (model, marginal, one_off) in built.items():
+        if model not in evaluated:  # the same weights (past = its λ arm): one evaluation serves both rows
+            evaluated[model] = step(evals / f"{arm}.json", lambda model=model: score_items(items, generate_answers(
+                model, [it["question"] for it in items], b.max_new_tokens, b.eval_batch)), log)
+        ev = evaluated[model]
         scores[arm] = {"summary": ev["summary"], "eval_s": ev["wall_s"], "marginal_s": round(marginal, 2),
                        "one_off_s": round(one_off, 2)}
     if "lam=0" in arms or 0.0 in b.lams:
         scores["lam=0"] = scores["sft"] | {"note": "λ = 0 is θ_sft_T itself (same weights); not re-evaluated"}
     if not keep_models and work.exists():
         shutil.rmtree(work)  # every record and evaluation is in steps/ and evals/; weights are ~0.5 GB each
-    compute = sum(r.get("wall_s", 0.0) for r in rec.values()) + sum(
+    compute = sum(x.get("wall_s", 0.0) for x in r.rec.values()) + sum(
         json.loads(p.read_text())["wall_s"] for p in evals.glob("*.json"))
     return {"seed": seed, "dev": dev, "compute_s": round(compute, 1), "n_heldout": {k: sum(it["kind"] == k for it in items) for k in KINDS},
-            "arms": scores, "steps": rec}
+            "arms": scores, "steps": r.rec}
 
 
 def _slim(m: dict) -> dict:
@@ -467,7 +534,9 @@ def add_budget_args(ap: argparse.ArgumentParser, budget_cls: type) -> None:
     """One `--field-name` option per field of a budget dataclass (tuples take several floats), help from metadata."""
     for f in dataclasses.fields(budget_cls):
         kw: dict = {"default": f.default, "help": f.metadata["help"] + f" (default {f.default})"}
-        if isinstance(f.default, tuple):
+        if isinstance(f.default, bool):  # --x / --no-x (type=bool would read "False" as true)
+            kw["action"] = argparse.BooleanOptionalAction
+        elif isinstance(f.default, tuple):
             kw |= {"nargs": "+", "type": float, "default": list(f.default)}
         else:
             kw["type"] = type(f.default)
