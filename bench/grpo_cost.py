@@ -41,6 +41,9 @@ VARIANTS: dict[str, dict] = {
     "8 prompts x 4, LoRA r64, beta 0": {"prompts_per_step": 8, "use_lora": True, "beta": 0.0},
     "8 prompts x 4, LoRA r64, beta 0, 2 backward slices": {"prompts_per_step": 8, "use_lora": True, "beta": 0.0,
                                                            "grad_accum": 2},
+    "8 prompts x 4, bf16": {"prompts_per_step": 8, "bf16": True},
+    "8 prompts x 4, beta 0, bf16": {"prompts_per_step": 8, "beta": 0.0, "bf16": True},
+    "8 prompts x 4, LoRA r64, beta 0, bf16": {"prompts_per_step": 8, "use_lora": True, "beta": 0.0, "bf16": True},
 }
 
 

@@ -76,6 +76,8 @@ class Budget:
     grpo_beta: float = _f(0.001, "GRPO KL coefficient (paper: 0.001; 0 skips the reference forward, a fifth of a CPU step).")
     grpo_accum: int = _f(1, "Backward slices per GRPO step (same generations; CPU steps are super-linear in batch).")
     grpo_scheduler: str = _f("linear", "GRPO learning-rate schedule ('constant': the last steps still learn).")
+    grpo_bf16: bool = _f(False, "GRPO in bf16 autocast (fp32 master weights): ~2x a CPU step with bf16 instructions.")
+    grpo_lora: bool = _f(False, "GRPO on a LoRA policy (r 64, merged at the end) instead of all parameters.")
     lams: tuple[float, ...] = _f((0.5, 1.0, 1.5, 2.0), "λ sweep on the target; λ for `past` is chosen on source data.")
     max_new_tokens: int = _f(32, "Max new tokens per evaluated reply.")
 
@@ -89,7 +91,7 @@ def recipes(b: Budget, seed: int) -> tuple[SFTRecipe, GRPORecipe]:
                       max_completion_length=b.grpo_completion, learning_rate=b.grpo_lr,
                       temperature=b.grpo_temperature, rewards=("envelope", "envelope_f1"), reward_weights=(1.0, 0.5),
                       beta=b.grpo_beta, grad_accum=b.grpo_accum, lr_scheduler_type=b.grpo_scheduler,
-                      save_steps=10_000, seed=seed)
+                      save_steps=10_000, seed=seed, bf16=b.grpo_bf16 or None, use_lora=b.grpo_lora)
     return sft, grpo
 
 

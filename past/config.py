@@ -136,6 +136,9 @@ class Settings(BaseSettings):
     sft_processes: int = _f(1, "Training processes per SFT stage: N > 1 launches each stage with `accelerate launch "
                             "--num_processes N` (DDP; gloo on CPU): one per GPU on a multi-GPU node. The effective batch "
                             "grows N-fold.")
+    train_bf16: bool | None = _f(None, "Mixed precision of SFT and GRPO training (their recipes' `bf16`): unset = "
+                                 "bf16 on GPUs that support it, fp32 on CPU; true = also on a CPU with bf16 "
+                                 "instructions (about 2x faster there, docs/BENCHMARKS.md); false = fp32.")
     grpo_rounds: int = _f(2, "K: rounds (= disjoint source partitions) of iterative skill refinement.")
     grpo_max_steps: int = _f(30, "GRPO optimizer steps per round.")
     grpo_num_generations: int = _f(4, "GRPO group size (completions per prompt).")

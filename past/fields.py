@@ -20,6 +20,34 @@ def setting(default: Any, help: str) -> Any:  # noqa: A002
     return Field(default, description=help)
 
 
+def recipe_dataclass(cls: type) -> type:
+    """A recipe class: still a dataclass (`asdict`, `replace`, `fields` as before), but a pydantic one, so every
+    field is checked against its type where the recipe is built - from Python, JSON (a flow parameter, a
+    manifest), the CLI or the settings - before the class's own `__post_init__` checks run."""
+    from pydantic import ConfigDict
+    from pydantic.dataclasses import dataclass
+
+    return dataclass(config=ConfigDict(extra="forbid"))(cls)
+
+
+BF16_HELP = ("Mixed precision: bf16 autocast over fp32 master weights. None = on GPUs that support it, fp32 on CPU "
+             "(the earlier behaviour); True = also on a CPU with bf16 instructions (avx512_bf16/AMX: ~2x faster steps "
+             "there, docs/BENCHMARKS.md); False = fp32.")
+
+
+def resolve_bf16(requested: bool | None) -> bool:
+    """A recipe's `bf16` on this machine (None: a CUDA device that supports it). ValueError where asked for and
+    unsupported: TRL would otherwise fail deep inside the trainer, or run it in emulation."""
+    import torch
+
+    cuda = torch.cuda.is_available()
+    if requested is None:
+        return cuda and torch.cuda.is_bf16_supported()
+    if requested and not (torch.cuda.is_bf16_supported() if cuda else torch.ops.mkldnn._is_mkldnn_bf16_supported()):
+        raise ValueError("bf16 = true, but this machine has no bf16 support (CPU: avx512_bf16 or AMX); use fp32")
+    return requested
+
+
 def overrides_model(recipe: type, name: str) -> type:
     """A recipe dataclass's fields, each optional, as a pydantic model that refuses unknown fields: a flow's typed
     recipe parameter. Prefect renders it as a form with every field's help and validates it before a run starts."""
@@ -83,7 +111,9 @@ def build_recipe(recipe: type, base: dict, overrides: dict, error: type) -> Any:
     unknown = sorted(set(overrides) - set(known))
     if unknown:  # e.g. a deployment run's recipe parameter with a misspelt field
         raise error(f"unknown {recipe.__name__} field(s) {unknown}; known: {known}")
+    from pydantic import ValidationError
+
     try:
         return recipe(**(base | {k: v for k, v in overrides.items() if v is not None}))
-    except TypeError as e:
+    except (TypeError, ValidationError) as e:
         raise error(f"bad {recipe.__name__} value: {e}") from None

@@ -34,10 +34,10 @@ import logging
 import re
 import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
-from past.fields import build_recipe, opt as _f, overrides_model
+from past.fields import BF16_HELP, build_recipe, opt as _f, overrides_model, recipe_dataclass, resolve_bf16
 from past.memory import PeakRSS
 from past.keys import content_key
 from past.corpus import SPLIT_BY, Corpus, QAPair, load_corpus, split_qa, write_splits
@@ -47,7 +47,7 @@ from past.models import MANIFEST, model_id, publish_dir, staging_dir, verify_mod
 
 
 
-@dataclass
+@recipe_dataclass
 class SFTRecipe:
     use_lora: bool = _f(True, "LoRA adapters merged at the end of each stage; False = full fine-tuning.")
     lora_r: int = _f(16, "LoRA rank.")
@@ -94,6 +94,7 @@ class SFTRecipe:
     mix_qa: bool = _f(False, "Stage 1 also trains the training-side QA, chat-rendered, packed with the documents "
                       "(mixed training, Allen-Zhu & Li 2023; a departure from the paper's two stages). Held-out QA "
                       "never enters stage 1.")
+    bf16: bool | None = _f(None, BF16_HELP)
     processes: int = _f(1, "Training processes per stage: N > 1 runs each stage's training under `accelerate launch "
                         "--multi_gpu --num_processes N` (DDP: NCCL on GPUs, gloo on CPU; past.launch); the effective "
                         "batch is then N × batch × grad_accum. In the key only when > 1.")
@@ -109,7 +110,7 @@ class SFTRecipe:
                     micro_batch_memorize=settings.sft_micro_batch_memorize,
                     split_by=settings.sft_split_by, lora_r=settings.sft_lora_r,
                     lora_alpha=settings.sft_lora_alpha, processes=settings.sft_processes, mix_qa=settings.sft_mix_qa,
-                    replay_memorize=settings.sft_replay_memorize)
+                    replay_memorize=settings.sft_replay_memorize, bf16=settings.train_bf16)
         return build_recipe(cls, base, overrides, SFTError)
 
     def __post_init__(self) -> None:
@@ -129,6 +130,13 @@ class SFTRecipe:
         if self.processes < 1:
             raise SFTError(f"recipe processes {self.processes} must be ≥ 1")
 
+    def mixed_precision(self) -> bool:
+        """Whether this machine trains in bf16 (`past.fields.resolve_bf16`)."""
+        try:
+            return resolve_bf16(self.bf16)
+        except ValueError as e:
+            raise SFTError(str(e)) from None
+
     def key(self) -> dict:
         """The fields that change the trained model (checkpoint cadence does not)."""
         return {k: v for k, v in asdict(self).items() if k not in OPERATIONAL_FIELDS and not _default_absent(k, v)}
@@ -140,7 +148,7 @@ class SFTRecipe:
 
 # fields added after keys were in use, with their default: left out of the key at that default, so every existing
 # key (work folder, cache entry, candidate) stays what it was
-ADDED_FIELDS = {"processes": 1, "mix_qa": False, "replay_memorize": False}
+ADDED_FIELDS = {"processes": 1, "mix_qa": False, "replay_memorize": False, "bf16": None}
 
 
 def _default_absent(field: str, value) -> bool:
@@ -151,7 +159,7 @@ OPERATIONAL_FIELDS = ("save_steps", "save_total_limit", "save_every_s", "micro_b
 # what stage 1 depends on: changing a stage-2 field (its lr, steps, rehearsal, split) must not retrain stage 1
 MEMORIZE_FIELDS = ("use_lora", "lora_r", "lora_alpha", "lora_dropout", "lora_targets", "epochs_memorize", "lr_memorize",
                    "lr_scheduler", "warmup", "batch_size_memorize", "grad_accum", "max_length", "chunk_overlap",
-                   "min_steps_memorize", "max_steps_memorize", "seed", "processes", "mix_qa", "replay_memorize")
+                   "min_steps_memorize", "max_steps_memorize", "seed", "processes", "mix_qa", "replay_memorize", "bf16")
 
 
 class SFTError(PastError):
@@ -363,7 +371,7 @@ def fit_stage(name: str, model_dir: str, rows: list[dict], recipe: SFTRecipe, st
         per_device_train_batch_size=micro, gradient_accumulation_steps=accum,
         max_length=recipe.max_length, packing=packing, dataset_text_field="text",
         completion_only_loss=None if packing else True,
-        use_cpu=not cuda, bf16=cuda and torch.cuda.is_bf16_supported(),
+        use_cpu=not cuda, bf16=recipe.mixed_precision(),
         gradient_checkpointing=False,  # ~2x slower on CPU; these models fit without it
         report_to="none", logging_steps=1, save_strategy="steps", save_steps=recipe.save_steps,
         save_total_limit=recipe.save_total_limit, seed=recipe.seed, data_seed=recipe.seed,

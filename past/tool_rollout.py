@@ -28,6 +28,7 @@ Departure from the paper: no `Thought:` line (see past.tools), and at most `max_
 
 from __future__ import annotations
 
+import contextlib
 import copy
 from dataclasses import dataclass, field
 from typing import Any
@@ -116,7 +117,9 @@ class ToolRollout:
         attn = torch.tensor([[0] * (width - len(c)) + [1] * len(c) for c in contexts])
         gen = copy.deepcopy(trainer.generation_config)
         gen.max_new_tokens, gen.output_scores, gen.return_dict_in_generate = trainer.args.max_completion_length, True, True
-        with torch.no_grad():
+        # bf16 when the recipe trains in it (past.grpo); a player outside a trainer (benches) has no accelerator
+        cast = trainer.accelerator.autocast() if hasattr(trainer, "accelerator") else contextlib.nullcontext()
+        with torch.no_grad(), cast:
             out = model.generate(input_ids=ids.to(model.device), attention_mask=attn.to(model.device), generation_config=gen)
         seq = out.sequences[:, width:]
         logps = torch.stack(out.scores, dim=1).float().log_softmax(-1).gather(-1, seq.unsqueeze(-1)).squeeze(-1)

@@ -65,6 +65,40 @@ def test_lora_grpo_publishes_merged_full_weights(tiny_model_dir: Path, tmp_path:
     assert lora.key() != full.key() and GRPORecipe(use_lora=True, lora_r=8).key() != lora.key()
 
 
+def test_bf16_grpo_samples_and_trains_under_autocast_and_publishes_fp32(tiny_model_dir: Path, tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """`bf16=True` on a CPU with bf16 instructions: sampling too runs under autocast (with a LoRA policy it ran
+    in fp32: accelerate autocasts the prepared PEFT model's forward, and `generate` calls the inner model's), the
+    master weights and the published model stay fp32, and the key records the choice."""
+    if not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        pytest.skip("this CPU has no bf16 instructions")
+    from transformers import AutoModelForCausalLM
+
+    seen: list[tuple[bool, torch.dtype]] = []
+    load = AutoModelForCausalLM.from_pretrained
+
+    def hooked(*a, **k):  # a projection's output dtype, with and without gradients (= sampling)
+        m = load(*a, **k)
+        proj = next(mod for n, mod in m.named_modules() if n.endswith("q_proj"))
+        proj.register_forward_hook(lambda mod, i, o: seen.append((torch.is_grad_enabled(), o.dtype)))
+        return m
+    monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", hooked)
+    out = tmp_path / "rl"
+    r = train_grpo(tiny_model_dir, QA, out, tiny_recipe(bf16=True, beta=0.0, use_lora=True, lora_r=4, lora_alpha=8), extra_rewards=[length_reward])
+    assert r.steps == 2 and verify_model_dir(out) == []
+    assert {d for g, d in seen if not g} == {torch.bfloat16}, seen  # sampling (β 0: no other no-grad forward)
+    assert {d for g, d in seen if g} == {torch.bfloat16}  # the loss forward
+    after = weights(out)
+    assert all(t.dtype == torch.float32 for t in after.values())
+    assert any(not torch.equal(weights(tiny_model_dir)[k], after[k]) for k in after)
+    assert "bf16" not in GRPORecipe().key() and GRPORecipe(bf16=True).key()["bf16"] is True  # old keys unchanged
+    assert GRPORecipe(bf16=False).key() != GRPORecipe().key()
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)
+    with pytest.raises(GRPOError, match="no bf16 support"):
+        GRPORecipe(bf16=True).mixed_precision()
+    assert GRPORecipe().mixed_precision() is False  # the default on a CPU: fp32, as before
+
+
 def test_grad_accum_keeps_one_generation_batch_per_step(tiny_model_dir: Path, tmp_path: Path) -> None:
     """grad_accum slices the backward pass only: each optimizer step still scores prompts_per_step × G
     completions in one call, and a constant schedule is accepted."""

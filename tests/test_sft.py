@@ -14,7 +14,7 @@ import pytest
 
 from past.corpus import load_corpus
 from past.models import MANIFEST, verify_model_dir
-from past.sft import SFTRecipe, last_complete_checkpoint, qa_examples, run_sft
+from past.sft import SFTError, SFTRecipe, last_complete_checkpoint, qa_examples, run_sft
 
 FACTS = Path(__file__).parent / "data" / "facts"
 
@@ -249,6 +249,39 @@ def test_stage1_micro_batches_make_the_same_update_as_one_forward(tiny_model_dir
     assert SFTRecipe(micro_batch_memorize=8).memorize_key() == SFTRecipe().memorize_key()
     from past.sft import _micro_batch
     assert [_micro_batch(8, m) for m in (1, 3, 4, 8, 99)] == [1, 2, 4, 8, 8] and _micro_batch(6, 4) == 3
+
+
+def test_bf16_stage_trains_under_autocast_against_fp32(tiny_model_dir: Path, tmp_path: Path, monkeypatch) -> None:
+    """`bf16=True` on a CPU with bf16 instructions: the forward runs in bf16 under autocast, the loss curve stays
+    close to fp32's (the same update, rounded), the merged model is fp32, and the key records it."""
+    import torch
+    from transformers import AutoTokenizer
+
+    from past.sft import fit_stage, memorize_rows
+
+    if not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        pytest.skip("this CPU has no bf16 instructions")
+    rows, _ = memorize_rows(load_corpus(FACTS), AutoTokenizer.from_pretrained(tiny_model_dir), 64, 16)
+    runs = {}
+    for bf16 in (False, True):
+        recipe = SFTRecipe(batch_size_memorize=4, max_length=64, save_steps=100, save_every_s=0, bf16=bf16)
+        trainer, _, m = fit_stage(name="memorize", model_dir=str(tiny_model_dir), rows=rows, recipe=recipe,
+                                  stage_dir=str(tmp_path / f"b{bf16}"), epochs=1.0, lr=3e-3, max_steps=3,
+                                  packing=True, min_steps=0, batch_size=4, progress=False)
+        head = trainer.model.get_output_embeddings()
+        seen = []
+        hook = head.register_forward_hook(lambda mod, i, o: seen.append(o.dtype))
+        with trainer.accelerator.autocast():
+            trainer.model(input_ids=torch.tensor([rows[0]["input_ids"][:16]]))
+        hook.remove()
+        runs[bf16] = (m["loss_curve"], seen[0], {p.dtype for p in trainer.model.parameters()})
+    assert runs[False][1] == torch.float32 and runs[True][1] == torch.bfloat16
+    assert runs[True][2] == {torch.float32}  # master weights stay fp32
+    assert runs[True][0] == pytest.approx(runs[False][0], rel=0.05) and runs[True][0][-1] < runs[True][0][0]
+    assert "bf16" not in SFTRecipe().key() and SFTRecipe(bf16=True).memorize_key()["bf16"] is True
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)
+    with pytest.raises(SFTError, match="no bf16 support"):
+        SFTRecipe(bf16=True).mixed_precision()
 
 
 def test_stage1_under_accelerate_launch_with_two_processes(tiny_model_dir: Path, tmp_path: Path) -> None:
