@@ -82,6 +82,10 @@ class Budget:
     source_finish_demos: float = _f(0.0, "Share of the source's training tasks also trained as whole episodes (call, "
                                     "observation, Finish) in the source SFT only; 0 = the authors' first-call-only "
                                     "stage 2 (the dev probe: no Finish in 208 GRPO episodes).")
+    probe_temperatures: tuple[float, ...] = _f((), "With --sft-only: also sample grpo_generations episodes of every "
+                                               "source training task at each of these temperatures, as a GRPO group "
+                                               "would, and count the groups whose finish reward varies.")
+    grpo_bf16: bool = _f(False, "GRPO in bf16 autocast (fp32 master weights): ~2x a CPU step with bf16 instructions.")
 
 
 def finish_demos(d: ToolDomain, share: float, seed: int) -> list[dict]:
@@ -102,7 +106,7 @@ def recipes(b: Budget, seed: int) -> tuple[SFTRecipe, GRPORecipe]:
                       max_completion_length=b.grpo_completion, learning_rate=b.grpo_lr, temperature=b.grpo_temperature,
                       beta=b.grpo_beta, lr_scheduler_type=b.grpo_scheduler,
                       rewards=("episode", "episode_pass", "episode_finish"), reward_weights=(1.0, 0.0, 0.0),
-                      save_steps=10_000, seed=seed)
+                      save_steps=10_000, seed=seed, bf16=b.grpo_bf16 or None)
     return sft, grpo
 
 
@@ -110,16 +114,20 @@ def _tasks(rows: list[dict]) -> list[ToolTask]:
     return [ToolTask(**r) for r in rows]
 
 
-def play(model_dir: Path, d: ToolDomain, rows: list[dict], b: Budget, batch: int = 16) -> dict:
-    """Greedy episodes of `rows` (tool task records) against the domain's simulator -> rates + transcripts."""
+def play(model_dir: Path, d: ToolDomain, rows: list[dict], b: Budget, batch: int = 16, temperature: float = 0.0,
+         repeats: int = 1, seed: int = 0) -> dict:
+    """Episodes of `rows` (tool task records) against the domain's simulator -> rates + transcripts. Greedy by
+    default; with `temperature` > 0, `repeats` sampled episodes per task, consecutive (a GRPO group)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
     tok = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
-    gen = GenerationConfig(do_sample=False, max_new_tokens=b.eval_completion, eos_token_id=tok.eos_token_id,
+    sampling = {"do_sample": True, "temperature": temperature} if temperature > 0 else {"do_sample": False}
+    gen = GenerationConfig(**sampling, max_new_tokens=b.eval_completion, eos_token_id=tok.eos_token_id,
                            pad_token_id=tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id)
-    tasks = _tasks(rows)
+    torch.manual_seed(seed)
+    tasks = [t for t in _tasks(rows) for _ in range(repeats)]
     rollout = ToolRollout(ToolSpec.model_validate(d.spec()), tasks, max_turns=b.max_turns)
     player = SimpleNamespace(processing_class=tok, model=model, generation_config=gen,
                              args=SimpleNamespace(max_completion_length=b.eval_completion))
@@ -131,7 +139,12 @@ def play(model_dir: Path, d: ToolDomain, rows: list[dict], b: Budget, batch: int
             items.append({"id": t.id, "tool": t.tool, "answer": t.answer, **ep,
                           "transcript": tok.decode(ids, skip_special_tokens=True)})
     n = len(items)
-    return {"n": n, **{m: sum(it[m] for it in items) / n for m in METRICS}, "items": items}
+    out = {"n": n, **{m: sum(it[m] for it in items) / n for m in METRICS}, "items": items}
+    if repeats > 1:  # what GRPO would see: a group gives a finishing gradient only if its finish reward varies
+        groups = [items[i:i + repeats] for i in range(0, n, repeats)]
+        out |= {"groups": len(groups), "groups_any_finish": sum(any(it["finish"] for it in g) for g in groups),
+                "groups_finish_varies": sum(len({it["finish"] for it in g}) > 1 for g in groups)}
+    return out
 
 
 def choose_lam(evals: dict[float, dict]) -> float:
@@ -184,7 +197,10 @@ def run_seed(seed: int, b: Budget, base: Path, root: Path, keep_models: bool, lo
     sft_S = work / "source_sft"
     if sft_only:  # the cheap half of a dev probe: does the source SFT model finish its episodes at all?
         got = ev("in_domain-source_sft", sft_S, source, source.tasks["heldout"])
-        return {"seed": seed, "dev": dev, "in_domain": {"source_sft": _slim(got)},
+        sampled = {f"T={x:g}": {k: v for k, v in step(evals / f"sampled-T{x:g}-source_sft.json", lambda x=x: play(
+            sft_S, source, source.tasks["train"], b, temperature=x, repeats=b.grpo_generations, seed=seed), log).items()
+            if k != "items"} for x in b.probe_temperatures}
+        return {"seed": seed, "dev": dev, "in_domain": {"source_sft": _slim(got)}, "sampled_train": sampled,
                 "steps": {"source_sft": {k: v for k, v in rec["source_sft"].items() if k != "model"}}}
     rec["source_grpo"] = step(steps / "source_grpo.json", lambda: grpo(sft_S, source, "source_grpo"), log)
     rec["vector"] = step(steps / "vector.json", lambda: _fresh(work / "vector") or {
@@ -306,7 +322,8 @@ def run(argv: list[str] | None = None) -> dict:
             raise SystemExit("--sft-only and --in-domain-only exclude each other")
         res = run_seeds(args, Budget, functools.partial(run_seed, sft_only=True), "bench/tools.py", argv)
         for s in res["seeds"]:
-            print(json.dumps({"seed": s["seed"], "source_sft": s["in_domain"]["source_sft"]}, indent=1))
+            print(json.dumps({"seed": s["seed"], "source_sft": s["in_domain"]["source_sft"],
+                              "sampled_train": s.get("sampled_train", {})}, indent=1))
         return res
     res = run_seeds(args, Budget, run_seed, "bench/tools.py", argv)
     if args.in_domain_only:
