@@ -36,7 +36,7 @@ def child(spec: dict) -> None:
 
     rows = json.loads(Path(spec["rows"]).read_text())
     recipe = SFTRecipe(batch_size_memorize=spec["batch"], micro_batch_memorize=spec["micro"], save_steps=10_000,
-                       save_every_s=0, lr_memorize=1e-3)
+                       save_every_s=0, lr_memorize=1e-3, bf16=spec.get("bf16") or None)
     _, _, m = fit_stage(name="memorize", model_dir=spec["model"], rows=rows, recipe=recipe,
                         stage_dir=spec["stage_dir"], epochs=1.0, lr=recipe.lr_memorize, max_steps=spec["steps"],
                         packing=True, min_steps=0, batch_size=spec["batch"], progress=False)
@@ -53,6 +53,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=4, help="optimizer steps per variant")
     ap.add_argument("--manuals", type=int, default=7, help="~5k-token manuals in the corpus (7: ~35k tokens)")
     ap.add_argument("--only", nargs="*", type=int, default=None, help="micro-batch sizes to run (default: all)")
+    ap.add_argument("--bf16", action="store_true", help="also run each chosen micro-batch size in bf16 autocast")
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     a = ap.parse_args()
@@ -85,11 +86,13 @@ def main() -> None:
         print(f"corpus: {cover['corpus_tokens']} tokens, {cover['window_count']} windows of ≤ {recipe.max_length}",
               flush=True)
         (Path(tmp) / "rows.json").write_text(json.dumps(rows))
-        for label, micro in VARIANTS.items():
+        runs = [(label, micro, False) for label, micro in VARIANTS.items()]
+        runs += [(f"{label}, bf16", micro, True) for label, micro in VARIANTS.items()] if a.bf16 else []
+        for label, micro, bf16 in runs:
             if a.only is not None and micro not in a.only:
                 continue
             spec = {"rows": str(Path(tmp) / "rows.json"), "model": str(base), "batch": 8, "micro": micro,
-                    "steps": a.steps, "stage_dir": str(Path(tmp) / f"run-{micro}")}
+                    "steps": a.steps, "stage_dir": str(Path(tmp) / f"run-{micro}-{bf16}"), "bf16": bf16}
             t0 = time.perf_counter()
             proc = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)], capture_output=True,
                                   text=True)
@@ -100,11 +103,11 @@ def main() -> None:
             out["variants"][label] = r
             print(f"{label}: peak RSS {r['peak_rss_gb']:.2f} GB (sampled {r['sampled_peak_gb']:.2f}), "
                   f"{r['tokens_per_s']} tokens/s, {r['s_per_step']} s/step, loss {r['loss_curve']}", flush=True)
-    ref = out["variants"].get("batch 8 in one forward (before)")
+    ref = out["variants"].get("batch 8 in one forward (before)") or next(iter(out["variants"].values()), None)
     if ref:
         for label, r in out["variants"].items():
-            print(f"  {label}: RSS {r['peak_rss_gb'] / ref['peak_rss_gb']:.2f}× before, "
-                  f"tokens/s {r['tokens_per_s'] / ref['tokens_per_s']:.2f}× before")
+            print(f"  {label}: RSS {r['peak_rss_gb'] / ref['peak_rss_gb']:.2f}× the first row, "
+                  f"tokens/s {r['tokens_per_s'] / ref['tokens_per_s']:.2f}× the first row")
     if a.json:
         a.json.parent.mkdir(parents=True, exist_ok=True)
         a.json.write_text(json.dumps(out, indent=2) + "\n")
