@@ -129,9 +129,9 @@ bench-protocol: $(STAMP)
 	flock -x /tmp/past-cpu.lock $(BIN)/python bench/protocol.py --seeds $(SEEDS) $(PROTOCOL_V2) --out .bench/protocol-v2
 
 ## bench-grpo-cost: where a CPU GRPO step's time goes, at the refresh's shape (8 prompts x 4): full-parameter
-## (beta 0.001, then 0), a LoRA policy (beta 0), and the same three under bf16 autocast; ~15 min.
-## GRPO_COST_ONLY= runs all 12 variants.
-GRPO_COST_ONLY ?= --only 2 3 7 9 10 11
+## (beta 0.001, then 0), a LoRA policy (beta 0), the same three under bf16 autocast, and LoRA + bf16 in 2
+## backward slices; ~17 min. GRPO_COST_ONLY= runs all 14 variants.
+GRPO_COST_ONLY ?= --only 2 3 7 9 10 11 12
 bench-grpo-cost: $(STAMP)
 	flock -x /tmp/past-cpu.lock $(BIN)/python bench/grpo_cost.py --steps 5 $(GRPO_COST_ONLY) --out .bench/grpo-cost
 

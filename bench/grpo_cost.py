@@ -44,6 +44,10 @@ VARIANTS: dict[str, dict] = {
     "8 prompts x 4, bf16": {"prompts_per_step": 8, "bf16": True},
     "8 prompts x 4, beta 0, bf16": {"prompts_per_step": 8, "beta": 0.0, "bf16": True},
     "8 prompts x 4, LoRA r64, beta 0, bf16": {"prompts_per_step": 8, "use_lora": True, "beta": 0.0, "bf16": True},
+    "8 prompts x 4, LoRA r64, beta 0, bf16, 2 backward slices": {"prompts_per_step": 8, "use_lora": True, "beta": 0.0,
+                                                                 "bf16": True, "grad_accum": 2},
+    "8 prompts x 4, LoRA r16, beta 0, bf16": {"prompts_per_step": 8, "use_lora": True, "lora_r": 16, "lora_alpha": 32,
+                                              "beta": 0.0, "bf16": True},
 }
 
 
