@@ -35,8 +35,8 @@ BF16_HELP = ("Mixed precision: bf16 autocast over fp32 master weights. None = on
              "there, docs/BENCHMARKS.md); False = fp32.")
 
 
-def resolve_bf16(requested: bool | None) -> bool:
-    """A recipe's `bf16` on this machine (None: a CUDA device that supports it). ValueError where asked for and
+def resolve_bf16(requested: bool | None, error: type[Exception] = ValueError) -> bool:
+    """A recipe's `bf16` on this machine (None: a CUDA device that supports it). `error` where asked for and
     unsupported: TRL would otherwise fail deep inside the trainer, or run it in emulation."""
     import torch
 
@@ -44,7 +44,7 @@ def resolve_bf16(requested: bool | None) -> bool:
     if requested is None:
         return cuda and torch.cuda.is_bf16_supported()
     if requested and not (torch.cuda.is_bf16_supported() if cuda else torch.ops.mkldnn._is_mkldnn_bf16_supported()):
-        raise ValueError("bf16 = true, but this machine has no bf16 support (CPU: avx512_bf16 or AMX); use fp32")
+        raise error("bf16 = true, but this machine has no bf16 support (CPU: avx512_bf16 or AMX); use fp32")
     return requested
 
 

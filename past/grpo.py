@@ -104,10 +104,7 @@ class GRPORecipe:
 
     def mixed_precision(self) -> bool:
         """Whether this machine trains in bf16 (`past.fields.resolve_bf16`)."""
-        try:
-            return resolve_bf16(self.bf16)
-        except ValueError as e:
-            raise GRPOError(str(e)) from None
+        return resolve_bf16(self.bf16, GRPOError)
 
 
 GRPOOverrides = overrides_model(GRPORecipe, "GRPOOverrides")

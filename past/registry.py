@@ -118,6 +118,11 @@ MODEL_ARTIFACTS, VECTOR_ARTIFACTS = "model", "skill-vector"  # run artifact fold
 LOCAL_SOURCE_TAG = "local_source"  # the folder a remote version was uploaded from, used where it still verifies
 
 
+def _uploaded(mv) -> bool:
+    """A version whose files live in the tracking server's artifact store (not a folder in place)."""
+    return urllib.parse.urlparse(mv.source).scheme not in ("", "file")
+
+
 class Registry:
     """Thin, typed wrapper over `MlflowClient` for PaST's runs, candidates, aliases and skill vectors."""
 
@@ -272,7 +277,7 @@ class Registry:
         """A version's files on this machine. In place for a file:// source. For an uploaded one: the folder it
         was uploaded from if it is here and still matches the version's checksum tag, else a copy downloaded
         once into <home>/mlflow/cache/<name>/<version> and checked against that tag before it is used."""
-        if urllib.parse.urlparse(mv.source).scheme in ("", "file"):
+        if not _uploaded(mv):
             return source_path(mv.source)
         from filelock import FileLock
 
@@ -300,7 +305,8 @@ class Registry:
         try:
             got = Path(mlflow.artifacts.download_artifacts(artifact_uri=mv.source, dst_path=str(stage),
                                                            tracking_uri=self.uri))
-            problems = [] if folder_sha256(got) == want else [f"checksum {folder_sha256(got)[:12]} != tag {want[:12]}"]
+            have = folder_sha256(got)
+            problems = [] if have == want else [f"checksum {have[:12]} != tag {want[:12]}"]
             if got.is_dir() and (got / MANIFEST).is_file():
                 problems += verify_model_dir(got)  # every file against the manifest, not just the manifest
             if problems:
@@ -377,7 +383,7 @@ class Registry:
         atomic_write(path, text)
         if run_id:
             self.client.log_text(run_id, text, "model-card/README.md")
-            if urllib.parse.urlparse(mv.source).scheme not in ("", "file"):  # and beside the uploaded weights
+            if _uploaded(mv):  # and beside the uploaded weights
                 self.client.log_text(run_id, text, f"{MODEL_ARTIFACTS}/{CARD}")
         return path
 

@@ -132,10 +132,7 @@ class SFTRecipe:
 
     def mixed_precision(self) -> bool:
         """Whether this machine trains in bf16 (`past.fields.resolve_bf16`)."""
-        try:
-            return resolve_bf16(self.bf16)
-        except ValueError as e:
-            raise SFTError(str(e)) from None
+        return resolve_bf16(self.bf16, SFTError)
 
     def key(self) -> dict:
         """The fields that change the trained model (checkpoint cadence does not)."""
