@@ -168,7 +168,8 @@ def _trainer_class():
     class Trainer(GRPOTrainer):
         """TRL's trainer, with sampling under the same bf16 autocast as the loss when the recipe asks for mixed
         precision. accelerate autocasts the forward of the model it prepared; with a LoRA policy that is the PEFT
-        wrapper, and `generate` calls the inner model's forward, outside it: fp32, 1.8x slower here."""
+        wrapper, and `generate` calls the inner model's forward, outside it: fp32, ~1.7x slower here
+        (bench/bf16_probe.py)."""
 
         def _generate_single_turn(self, *args, **kwargs):
             with contextlib.nullcontext() if self.use_vllm else self.accelerator.autocast():
