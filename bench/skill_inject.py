@@ -9,6 +9,11 @@ the same θ_final = θ_sft_S + 1·(θ_sft_T − θ_sft_S) + λ·(θ_rl_S − θ_
 checkpoint as the floor. Before each timed command: `sync`, then its inputs are read once (page cache
 warmed the same way for each). Wall time and peak RSS come from /usr/bin/time. Every output tensor
 is then checked against a float64 reference: |out − ref| must not exceed one bf16 ulp of ref.
+
+`--sync` (the default since 2026-12-06) times each command *and a `sync` after it*: every contender's output is
+on disk when its clock stops. Without it, how much of a 2 GB write the kernel flushes inside the timed window
+is chance, and `cp` of the same bytes varied 1.56–6.29 s between repeats (docs/BENCHMARKS.md). The ratio to `cp`
+is also taken per repeat (this repeat's inject / this repeat's cp), so a slow disk moment hits both sides.
 """
 
 from __future__ import annotations
@@ -112,12 +117,15 @@ def warm(*dirs: Path) -> None:
                         pass
 
 
-def timed(cmd: list[str], env: dict | None = None) -> tuple[float, float]:
+def timed(cmd: list[str], env: dict | None = None, sync: bool = False) -> tuple[float, float]:
     """Run a command under /usr/bin/time: (wall seconds, peak RSS in MB of the command's process).
 
     /usr/bin/time is a small process, so the figure is not polluted by this script's own memory (a child
-    forked from a big parent inherits its RSS high-water mark through exec).
+    forked from a big parent inherits its RSS high-water mark through exec). `sync`: the clock also covers a
+    `sync` after the command (its output on disk); the shell's peak RSS includes the command's (wait4).
     """
+    if sync:
+        cmd = ["sh", "-c", '"$@" && sync', "sh", *cmd]
     p = subprocess.run(["/usr/bin/time", "-f", "TIME %e %M", *cmd], stdout=subprocess.DEVNULL,
                        stderr=subprocess.PIPE, env=env, text=True)
     if p.returncode != 0:
@@ -156,6 +164,8 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3, help="side-by-side repeats")
     ap.add_argument("--layers", type=int, default=CONFIG["num_hidden_layers"], help="decoder layers (20 = 1.01B)")
     ap.add_argument("--no-verify", action="store_true", help="skip the float64 check of the outputs")
+    ap.add_argument("--sync", action=argparse.BooleanOptionalAction, default=True,
+                    help="time each command with a sync after it (its output on disk)")
     args = ap.parse_args()
     past_bin = str(REPO / ".venv" / "bin" / "past")
     stamps = args.scratch / "sha256-stamps"  # past.models.sha256_stamped: verified shards are not re-read
@@ -209,7 +219,8 @@ def main() -> None:
         for label, (key, inputs, cmd) in contenders.items():
             shutil.rmtree(outs[key], ignore_errors=True)
             warm(*inputs)
-            wall, rss = timed(cmd(outs[key]), env | ({"PAST_SHA256_CACHE": "off"} if key.endswith("-cold") else {}))
+            wall, rss = timed(cmd(outs[key]), env | ({"PAST_SHA256_CACHE": "off"} if key.endswith("-cold") else {}),
+                              sync=args.sync)
             rows.setdefault(label, []).append((wall, rss))
             print(f"  repeat {rep + 1}: {label}: {wall:.2f} s, {rss:.0f} MB")
         if rep == 0 and not args.no_verify:
@@ -226,8 +237,10 @@ def main() -> None:
         walls = [w for w, _ in v]
         print(f"| {label} | {med[label]:.2f} | {min(walls):.2f}–{max(walls):.2f} | {max(r for _, r in v):.0f} | "
               f"{mk / med[label]:.2f}× | {med[label] / cp:.2f}× |")
-    print(f"\ntargets: ≥3× faster than mergekit: {mk / ours:.2f}× ; within 3× of cp: {ours / cp:.2f}× ; "
-          f"RSS < 1 GB: {max(r for _, r in rows['past inject (fp32 vector)']):.0f} MB")
+    paired = statistics.median(o / c for (o, _), (c, _) in zip(rows["past inject (fp32 vector)"], rows["cp -r (floor)"]))
+    print(f"\ntargets ({'with' if args.sync else 'without'} a sync in each timing): ≥3× faster than mergekit: "
+          f"{mk / ours:.2f}× ; within 3× of cp: {ours / cp:.2f}× by medians, {paired:.2f}× paired per repeat "
+          f"(median) ; RSS < 1 GB: {max(r for _, r in rows['past inject (fp32 vector)']):.0f} MB")
     for o in outs.values():
         shutil.rmtree(o, ignore_errors=True)
 

@@ -17,23 +17,23 @@ import time
 
 # Demo budgets (used only where the caller has not set them). Sized from measurements on 2 cores.
 DEMO_DEFAULTS = {
-    "PAST_GRPO_ROUNDS": "2", "PAST_GRPO_MAX_STEPS": "10", "PAST_GRPO_NUM_GENERATIONS": "4",
-    "PAST_GRPO_MAX_COMPLETION_LENGTH": "16", "PAST_SFT_EPOCHS_MEMORIZE": "6", "PAST_SFT_EPOCHS_QA": "3",
+    "PAST_GRPO_ROUNDS": "2", "PAST_GRPO__MAX_STEPS": "10", "PAST_GRPO__NUM_GENERATIONS": "4",
+    "PAST_GRPO__MAX_COMPLETION_LENGTH": "16", "PAST_SFT__EPOCHS_MEMORIZE": "6", "PAST_SFT__EPOCHS_QA": "3",
     # 10 articles x 12 teacher questions (110 after dedup), 30 % held out: 33 new-corpus items, above gate_min_new_items (20)
-    "PAST_SFT_EVAL_FRACTION": "0.3",
+    "PAST_SFT__EVAL_FRACTION": "0.3",
     # LoRA at 1e-3 on the 135M model: 2e-4 recalled 23 % of the training QA on dev data, 1e-3 77 %
-    "PAST_SFT_LEARNING_RATE": "1e-3",
+    "PAST_SFT__LR_MEMORIZE": "1e-3", "PAST_SFT__LR_QA": "1e-3",
     # dev data (source domain, docs/BENCHMARKS.md): stage 1 at batch 1 for 6 epochs memorizes (loss 0.03); with
     # the 48 rehearsal examples in stage 2, 120 steps recall 77 % of the training QA (60 steps: 45 %)
-    "PAST_SFT_MIN_STEPS_QA": "120",
+    "PAST_SFT__MIN_STEPS_QA": "120",
     # Paraphrase hold-out (docs/corpus.md, split `fact`): every fact of the new articles is trained, and the gate asks
     # 30 % of the questions - each worded unlike any training question about the same fact. With 12 teacher
     # questions per article (facts restated in several sentences get several differently worded questions) and
     # the training QA mixed into stage 1, dev data (source domain, docs/BENCHMARKS.md, E7) gave 19/33 held out
     # [0.408, 0.728], training QA 60/77, general prompts 16/20 (base 15/20). The `question` split left which
     # held-out item had a trained fact to chance: the demo then promoted on one seed in three.
-    "PAST_SFT_SPLIT_BY": "fact",
-    "PAST_SFT_MIX_QA": "true",
+    "PAST_SFT__SPLIT_BY": "fact",
+    "PAST_SFT__MIX_QA": "true",
     "PAST_TEACHER_N_QA": "12",
 }
 

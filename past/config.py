@@ -17,7 +17,7 @@ import tomllib
 from collections.abc import Mapping
 from contextvars import ContextVar
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, EnvSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
@@ -25,6 +25,8 @@ from pydantic_settings.sources.utils import parse_env_vars
 
 from past.errors import PastError
 from past.fields import setting as _f
+from past.grpo import GRPOOverrides, GRPORecipe
+from past.sft import SFTOverrides, SFTRecipe
 
 
 # The Makefile builds the vLLM serving venv as a sibling of the main venv; find it from the running interpreter
@@ -36,7 +38,8 @@ _SOURCES: ContextVar[tuple[Mapping[str, str], Path | None] | None] = ContextVar(
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="PAST_", case_sensitive=False, extra="forbid")
+    model_config = SettingsConfigDict(env_prefix="PAST_", env_nested_delimiter="__", case_sensitive=False,
+                                      extra="forbid")
 
     # --- where things live -------------------------------------------------------------------
     home: Path = _f(Path(".past"), "Folder holding all local state: inbox, quarantine, models, skill vectors, "
@@ -100,54 +103,17 @@ class Settings(BaseSettings):
     judge_timeout_s: float = _f(30.0, "Timeout of one judge request.")
     api_key_env: str = _f("OPENAI_API_KEY", "Environment variable holding the API key for teacher/judge endpoints.")
 
-    # --- training budgets -------------------------------------------------------------------------
-    sft_use_lora: bool = _f(True, "Two-stage SFT with LoRA (merged at the end) instead of full fine-tuning.")
-    sft_lora_r: int = _f(16, "LoRA rank of both SFT stages.")
-    sft_lora_alpha: int = _f(32, "LoRA alpha (scale = alpha / rank).")
-    sft_epochs_memorize: float = _f(3.0, "Epochs of stage 1 (memorize documents).")
-    sft_batch_size_memorize: int = _f(1, "Stage-1 packed blocks per optimizer step. A corpus of a few dozen blocks gets "
-                                      "few steps per epoch at larger batches: on SmolLM2-135M, batch 8 left the stage-1 "
-                                      "loss at 0.46 after 12 steps, batch 1 reached 0.03 in 90 steps, in less time.")
-    sft_micro_batch_memorize: int = _f(1, "Stage-1 packed blocks per forward pass; a larger stage-1 batch is reached by "
-                                       "gradient accumulation (same update, a fraction of the memory).")
-    sft_epochs_qa: float = _f(3.0, "Epochs of stage 2 (QA, loss on answers only).")
-    sft_eval_fraction: float = _f(0.2, "Share of documents whose QA (own and teacher's) is held out for the gate.")
-    sft_split_by: Literal["document", "question", "fact"] = _f(
-        "document", "Held-out unit for the gate's new-corpus items: `document` (questions about documents whose QA "
-        "was never trained: the strict test) or `question` (new questions about documents the model was also "
-        "QA-trained on) or `fact` (paraphrase hold-out: each held-out question asks a fact that another, differently "
-        "worded training question also asks; every fact is trained).")
-    sft_mix_qa: bool = _f(False, "Stage 1 also trains the training-side QA, packed with the documents (mixed "
-                          "training; held-out QA never enters stage 1). On SmolLM2-135M it kept the base model's general "
-                          "ability (15 of 15 general prompts) where two separate stages lost 4.")
-    sft_min_steps_qa: int = _f(60, "Floor on stage-2 optimizer steps (a small QA set gets many epochs, not 3 steps).")
-    sft_replay_examples: int = _f(48, "Stage 2 rehearsal against forgetting: this many general prompts answered by the "
-                                  "base model itself are trained with the QA (`past.replay`); 0 = off. On SmolLM2-135M "
-                                  "it kept 11-13 of the base's 15 general prompts where SFT alone kept 1.")
+    # --- training: the SFT and GRPO recipes ------------------------------------------------------
+    sft: SFTOverrides = _f(SFTOverrides(), "SFT recipe fields for every adaptation (`past.sft.SFTRecipe`; each is "
+                           "listed by `past config`): a `[sft]` table in past.toml (`lora_r = 8`) or PAST_SFT__LORA_R=8. "
+                           "A field left out keeps the recipe's default; a flow run's `sft` parameter and the CLI's "
+                           "options go on top.")
     sft_min_train_recall: float = _f(0.5, "Training check: share of sampled training questions the candidate must "
                                      "answer closed-book; below it the gate fails with 'SFT did not take'.")
-    sft_learning_rate: float = _f(2e-4, "Learning rate of both SFT stages (LoRA scale; use ~2e-5 for full FT). Model-size "
-                                  "dependent: on SmolLM2-135M 2e-4 taught 23 % of the training QA and 1e-3 77 %, but the "
-                                  "1e-3 demo candidate lost its general prompts (docs/BENCHMARKS.md); `make demo` uses 1e-3.")
-    sft_learning_rate_qa: float | None = _f(None, "Stage-2 learning rate; unset = `sft_learning_rate`. On SmolLM2-135M, "
-                                            "5e-4 for 240 steps still learned every training question (docs/BENCHMARKS.md, E9).")
-    sft_replay_memorize: bool = _f(False, "Stage 1 also trains the rehearsal pairs (`sft_replay_examples`): stage 1 "
-                                   "alone cost SmolLM2-135M most of its general prompts (docs/BENCHMARKS.md, E10).")
-    sft_processes: int = _f(1, "Training processes per SFT stage: N > 1 launches each stage with `accelerate launch "
-                            "--num_processes N` (DDP; gloo on CPU): one per GPU on a multi-GPU node. The effective batch "
-                            "grows N-fold.")
-    train_bf16: bool | None = _f(None, "Mixed precision of SFT and GRPO training (their recipes' `bf16`): unset = "
-                                 "bf16 on GPUs that support it, fp32 on CPU; true = also on a CPU with bf16 "
-                                 "instructions (about 2x faster there, docs/BENCHMARKS.md); false = fp32.")
+    grpo: GRPOOverrides = _f(GRPOOverrides(), "GRPO recipe fields for every skill refresh (`past.grpo.GRPORecipe`): a "
+                             "`[grpo]` table in past.toml (`max_steps = 60`) or PAST_GRPO__MAX_STEPS=60; the refresh "
+                             "flow's `grpo` parameter goes on top.")
     grpo_rounds: int = _f(2, "K: rounds (= disjoint source partitions) of iterative skill refinement.")
-    grpo_max_steps: int = _f(30, "GRPO optimizer steps per round.")
-    grpo_num_generations: int = _f(4, "GRPO group size (completions per prompt).")
-    grpo_prompts_per_step: int = _f(8, "Questions per GRPO step (batch = this × group size); a round's partition "
-                                    "needs at least this many RL questions.")
-    grpo_max_completion_length: int = _f(16, "Max tokens per GRPO completion.")
-    grpo_processes: int = _f(1, "Training processes per GRPO round: N > 1 launches it with `accelerate launch "
-                             "--num_processes N` (DDP; gloo on CPU); each process samples grpo_prompts_per_step "
-                             "questions a step.")
     seed: int = _f(0, "Seed for splits, partitions and training.")
     adapt_max_attempts: int = _f(3, "Adapt runs a corpus gets in all when its runs crash without an outcome; after "
                                  "that the watcher marks it failed and emits `past.corpus.failed` (one Prefect "
@@ -217,23 +183,21 @@ class Settings(BaseSettings):
             raise ValueError(f"setting 'lam': {self.lam} is not a sensible λ (finite, |λ| ≤ 10)")
         if not 0.5 <= self.gate_confidence < 1.0:
             raise ValueError(f"setting 'gate_confidence': {self.gate_confidence} is outside [0.5, 1)")
-        if not 0.0 < self.sft_eval_fraction < 1.0:
-            raise ValueError(f"setting 'sft_eval_fraction': {self.sft_eval_fraction} is outside (0, 1)")
-        if self.sft_learning_rate_qa is not None and not self.sft_learning_rate_qa > 0:
-            raise ValueError(f"setting 'sft_learning_rate_qa': {self.sft_learning_rate_qa} must be > 0")
         for name in ("gate_min_accuracy", "gate_retention_tolerance", "gate_max_error_rate", "sft_min_train_recall"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"setting {name!r}: {getattr(self, name)} is outside [0, 1]")
-        for name in ("gate_min_new_items", "teacher_min_qa", "teacher_n_qa", "teacher_n_implications",
-                     "sft_min_steps_qa", "sft_replay_examples"):
+        for name in ("gate_min_new_items", "teacher_min_qa", "teacher_n_qa", "teacher_n_implications"):
             if getattr(self, name) < 0:
                 raise ValueError(f"setting {name!r} must be ≥ 0")
-        for name in ("sft_lora_r", "sft_lora_alpha", "grpo_prompts_per_step", "sft_processes", "grpo_processes",
-                     "gate_concurrency", "gate_tool_max_turns", "adapt_max_attempts", "grpo_rounds", "grpo_max_steps",
-                     "grpo_num_generations", "grpo_max_completion_length", "serve_max_model_len",
-                     "sft_batch_size_memorize", "sft_micro_batch_memorize"):
+        for name in ("gate_concurrency", "gate_tool_max_turns", "adapt_max_attempts", "grpo_rounds",
+                     "serve_max_model_len"):
             if getattr(self, name) < 1:
                 raise ValueError(f"setting {name!r} must be ≥ 1")
+        for name, recipe in (("sft", SFTRecipe), ("grpo", GRPORecipe)):
+            try:  # the recipe's own checks, here rather than when the first run builds it
+                recipe.from_settings(self)
+            except PastError as e:
+                raise ValueError(f"setting {name!r}: {e}") from None
         return self
 
 
@@ -260,11 +224,32 @@ class _TomlSource(TomlConfigSettingsSource):
             data = tomllib.loads(Path(file_path).read_text(encoding="utf-8"))
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
             raise ConfigError(f"{file_path}: {e}") from None
-        data = data.get("past", data)
+        table = data.pop("past", {})
+        data = {**data, **table}  # top-level keys and tables, and a [past] table
         unknown = sorted(set(data) - set(Settings.model_fields))
         if unknown:
-            raise ConfigError(f"{file_path}: unknown setting(s) {unknown}; see `past config`")
+            raise ConfigError(f"{file_path}: {_unknown(unknown)}")
         return data
+
+
+# Settings that became recipe fields (sft_lora_r -> [sft] lora_r): a file, variable or argument still using the
+# old name is an error that names the new one, never silently ignored.
+_RENAMED = {"sft_learning_rate": "sft.lr_memorize and sft.lr_qa", "sft_learning_rate_qa": "sft.lr_qa",
+            "train_bf16": "sft.bf16 and grpo.bf16"}
+
+
+def _moved(name: str) -> str | None:
+    """Where a setting that became a recipe field lives now, e.g. `sft.lora_r` (None: it never was one)."""
+    section, _, field = name.partition("_")
+    recipe = {"sft": SFTOverrides, "grpo": GRPOOverrides}.get(section)
+    return _RENAMED.get(name) or (f"{section}.{field}" if recipe and field in recipe.model_fields else None)
+
+
+def _unknown(names: list[str]) -> str:
+    moved = ", ".join(f"{n} is now {_moved(n)}" for n in sorted(names) if _moved(n))
+    return f"unknown setting(s) {sorted(names)}; see `past config`" + (
+        f". Moved: {moved} (the [sft] and [grpo] tables of past.toml, or PAST_SFT__<FIELD> / PAST_GRPO__<FIELD>)"
+        if moved else "")
 
 
 def field_help() -> dict[str, str]:
@@ -287,6 +272,9 @@ def config_file(env: Mapping[str, str] | None = None) -> Path | None:
 def load_settings(env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
     """Defaults < past.toml < PAST_* environment < explicit keyword overrides (None = not given)."""
     env = dict(os.environ if env is None else env)
+    moved = [k[5:].lower() for k in env if k.upper().startswith("PAST_") and _moved(k[5:].lower())]
+    if moved:  # pydantic-settings ignores unknown PAST_* variables; these were settings once
+        raise ConfigError(_unknown(moved))
     token = _SOURCES.set((env, config_file(env)))
     try:
         return Settings(**{k: v for k, v in overrides.items() if v is not None})
@@ -298,13 +286,13 @@ def load_settings(env: Mapping[str, str] | None = None, **overrides: Any) -> Set
 
 def _describe(e: ValidationError) -> str:
     """pydantic's errors as one line per setting, in the words `past config` uses."""
-    unknown = [str(err["loc"][0]) for err in e.errors() if err["type"] == "extra_forbidden"]
-    lines = [f"unknown setting(s) {sorted(unknown)}; see `past config`"] if unknown else []
+    unknown = [str(err["loc"][0]) for err in e.errors() if err["type"] == "extra_forbidden" and len(err["loc"]) == 1]
+    lines = [_unknown(unknown)] if unknown else []
     for err in e.errors():
-        if err["type"] == "extra_forbidden":
+        if err["type"] == "extra_forbidden" and len(err["loc"]) == 1:
             continue
         msg = err["msg"].removeprefix("Value error, ")
-        if err["loc"]:
-            msg = f"setting {err['loc'][0]!r}: {msg} (got {err.get('input')!r})"
+        if err["loc"]:  # a recipe section's field: `sft.lora_r`
+            msg = f"setting {'.'.join(map(str, err['loc']))!r}: {msg} (got {err.get('input')!r})"
         lines.append(msg)
     return "; ".join(lines)

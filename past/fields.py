@@ -7,7 +7,7 @@ The SFT and GRPO recipes and the benches' budgets declare fields with `opt`, Set
 from __future__ import annotations
 
 from dataclasses import field
-from typing import Any
+from typing import Any, Literal
 
 
 def opt(default: Any, help: str) -> Any:  # noqa: A002 - mirrors TRL's metadata key
@@ -29,6 +29,13 @@ def recipe_dataclass(cls: type) -> type:
 
     return dataclass(config=ConfigDict(extra="forbid"))(cls)
 
+
+# transformers' `SchedulerType` names, as a type: a recipe refuses an unknown schedule where it is built without
+# importing transformers (5 s on a CPU node, for every `load_settings`), and the Prefect UI offers a choice.
+# tests/test_config.py checks the list against the installed transformers.
+LRScheduler = Literal["linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup",
+                      "inverse_sqrt", "reduce_lr_on_plateau", "cosine_with_min_lr", "cosine_warmup_with_min_lr",
+                      "warmup_stable_decay", "greedy"]
 
 BF16_HELP = ("Mixed precision: bf16 autocast over fp32 master weights. None = on GPUs that support it, fp32 on CPU "
              "(the earlier behaviour); True = also on a CPU with bf16 instructions (avx512_bf16/AMX: ~2x faster steps "

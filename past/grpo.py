@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from past.fields import BF16_HELP, build_recipe, opt as _f, overrides_model, recipe_dataclass, resolve_bf16
+from past.fields import BF16_HELP, LRScheduler, build_recipe, opt as _f, overrides_model, recipe_dataclass, resolve_bf16
 from past.memory import PeakRSS
 from past.errors import PastError
 
@@ -47,7 +47,7 @@ class GRPORecipe:
     max_completion_length: int = _f(16, "Max new tokens per completion (short answers; keeps CPU steps cheap).")
     rewards: tuple[str, ...] = _f(("token_f1", "exact_match", "format"), "Rule rewards used (see past.rewards).")
     reward_weights: tuple[float, ...] = _f((1.0, 0.5, 0.2), "Weights of `rewards` (then the judge, weight 1).")
-    lr_scheduler_type: str = _f("linear", "Learning-rate schedule (TRL/transformers names). 'linear' decays to 0, "
+    lr_scheduler_type: LRScheduler = _f("linear", "Learning-rate schedule (TRL/transformers names). 'linear' decays to 0, "
                                 "so a short run's last steps barely learn; 'constant' keeps the rate.")
     grad_accum: int = _f(1, "Split each step's batch into this many backward passes: the same generations and "
                          "one update, but on CPU 32 completions in one pass cost 2.4x 16 (docs/BENCHMARKS.md).")
@@ -66,17 +66,12 @@ class GRPORecipe:
 
     @classmethod
     def from_settings(cls, settings, **overrides) -> "GRPORecipe":
-        """The recipe from the settings (grpo_*, seed), then a run's overrides (None = not given)."""
-        base = dict(max_steps=settings.grpo_max_steps, num_generations=settings.grpo_num_generations,
-                    prompts_per_step=settings.grpo_prompts_per_step, seed=settings.seed,
-                    max_completion_length=settings.grpo_max_completion_length, processes=settings.grpo_processes,
-                    bf16=settings.train_bf16)
-        return build_recipe(cls, base, overrides, GRPOError)
+        """The recipe from the settings (the `grpo` section, `seed`), then a run's overrides (None = not given)."""
+        return build_recipe(cls, {"seed": settings.seed} | settings.grpo.model_dump(exclude_none=True), overrides,
+                            GRPOError)
 
     def __post_init__(self) -> None:
         """Checked where the recipe is built (settings, a flow's `grpo` parameter, a bench), before any training."""
-        from transformers.trainer_utils import SchedulerType
-
         from past.rewards import RULE_REWARDS
 
         batch = self.prompts_per_step * self.num_generations
@@ -86,9 +81,6 @@ class GRPORecipe:
                             f"prompts_per_step {self.prompts_per_step}, max_steps {self.max_steps}, "
                             f"max_completion_length {self.max_completion_length}, grad_accum {self.grad_accum} "
                             f"(each ≥ 1; grad_accum must divide prompts_per_step × num_generations = {batch})")
-        if self.lr_scheduler_type not in {t.value for t in SchedulerType}:
-            raise GRPOError(f"unknown lr_scheduler_type {self.lr_scheduler_type!r} "
-                            f"(known: {sorted(t.value for t in SchedulerType)})")
         unknown = [r for r in self.rewards if r not in RULE_REWARDS]
         if unknown or len(self.reward_weights) != len(self.rewards):
             raise GRPOError(f"bad rewards {self.rewards} / weights {self.reward_weights} (known: {list(RULE_REWARDS)})")
@@ -219,7 +211,7 @@ def train_grpo(
     if len(qa) < recipe.prompts_per_step:  # TRL's sampler then yields no batch: 0 steps, silently (seen)
         raise GRPOError(f"{len(qa)} questions but prompts_per_step = {recipe.prompts_per_step}: every step needs "
                         "that many distinct questions, so GRPO would train nothing; give more questions or lower "
-                        "prompts_per_step (setting grpo_prompts_per_step)")
+                        "prompts_per_step (setting grpo.prompts_per_step)")
     work = Path(work_dir) if work_dir else out_dir.parent / f".grpo-work-{out_dir.name}"
     work.mkdir(parents=True, exist_ok=True)
 

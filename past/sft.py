@@ -37,7 +37,7 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from past.fields import BF16_HELP, build_recipe, opt as _f, overrides_model, recipe_dataclass, resolve_bf16
+from past.fields import BF16_HELP, LRScheduler, build_recipe, opt as _f, overrides_model, recipe_dataclass, resolve_bf16
 from past.memory import PeakRSS
 from past.keys import content_key
 from past.corpus import SPLIT_BY, Corpus, QAPair, load_corpus, split_qa, write_splits
@@ -58,7 +58,7 @@ class SFTRecipe:
     epochs_qa: float = _f(3.0, "Stage 2 epochs over the training QA.")
     lr_memorize: float = _f(2e-4, "Stage 1 learning rate (LoRA scale; ~2e-5 for full fine-tuning).")
     lr_qa: float = _f(2e-4, "Stage 2 learning rate.")
-    lr_scheduler: str = _f("linear", "transformers lr scheduler type for both stages.")
+    lr_scheduler: LRScheduler = _f("linear", "transformers lr scheduler type for both stages.")
     warmup: float = _f(0.0, "Warm-up: a float in [0, 1) is a fraction of the steps, a whole number ≥ 1 a step count.")
     batch_size: int = _f(8, "Stage 2: QA pairs per device batch.")
     batch_size_memorize: int = _f(1, "Stage 1: packed max_length blocks per device batch. A small corpus is only a "
@@ -101,17 +101,9 @@ class SFTRecipe:
 
     @classmethod
     def from_settings(cls, settings, **overrides) -> "SFTRecipe":
-        lr = settings.sft_learning_rate
-        base = dict(use_lora=settings.sft_use_lora, epochs_memorize=settings.sft_epochs_memorize,
-                    epochs_qa=settings.sft_epochs_qa, lr_memorize=lr, seed=settings.seed,
-                    lr_qa=lr if settings.sft_learning_rate_qa is None else settings.sft_learning_rate_qa,
-                    min_steps_qa=settings.sft_min_steps_qa, eval_fraction=settings.sft_eval_fraction,
-                    replay_examples=settings.sft_replay_examples, batch_size_memorize=settings.sft_batch_size_memorize,
-                    micro_batch_memorize=settings.sft_micro_batch_memorize,
-                    split_by=settings.sft_split_by, lora_r=settings.sft_lora_r,
-                    lora_alpha=settings.sft_lora_alpha, processes=settings.sft_processes, mix_qa=settings.sft_mix_qa,
-                    replay_memorize=settings.sft_replay_memorize, bf16=settings.train_bf16)
-        return build_recipe(cls, base, overrides, SFTError)
+        """The recipe from the settings (the `sft` section, `seed`), then a run's overrides (None = not given)."""
+        return build_recipe(cls, {"seed": settings.seed} | settings.sft.model_dump(exclude_none=True), overrides,
+                            SFTError)
 
     def __post_init__(self) -> None:
         if self.max_length < 16:
@@ -127,8 +119,12 @@ class SFTRecipe:
                 raise SFTError(f"recipe {name} must be ≥ 0")
         if self.replay_memorize and not self.replay_examples:
             raise SFTError("recipe replay_memorize needs replay_examples > 0 (the pairs it rehearses)")
-        if self.processes < 1:
-            raise SFTError(f"recipe processes {self.processes} must be ≥ 1")
+        if self.processes < 1 or self.lora_r < 1 or self.lora_alpha < 1:
+            raise SFTError(f"recipe processes {self.processes}, lora_r {self.lora_r} and lora_alpha {self.lora_alpha} "
+                           "must be ≥ 1")
+        if not 0.0 < self.eval_fraction < 1.0 or not (self.lr_memorize > 0 and self.lr_qa > 0):
+            raise SFTError(f"recipe eval_fraction {self.eval_fraction} must be in (0, 1), lr_memorize "
+                           f"{self.lr_memorize} and lr_qa {self.lr_qa} > 0")
 
     def mixed_precision(self) -> bool:
         """Whether this machine trains in bf16 (`past.fields.resolve_bf16`)."""

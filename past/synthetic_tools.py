@@ -58,9 +58,6 @@ class ToolDomain:
     def api(self, service: str, family: str) -> str:
         return f"{service.lower()}_{family}"
 
-    def service_of(self, product: str) -> str:
-        return next(s for s, ps in self.services.items() if product in ps)
-
     def spec(self) -> dict:
         tools = []
         for s, products in self.services.items():

@@ -87,8 +87,8 @@ def test_past_adapt_runs_the_flow_on_a_docs_only_corpus(tiny_model_dir, tmp_path
         (corpus / f"d{i}.md").write_text(f"# Part {i}\nThe part {i} weighs {i + 10} kilograms.\n")
     with FakeOpenAI(lambda q: "10 kilograms") as fake:
         env = {"PAST_BASE_MODEL": str(tiny_model_dir), "PAST_SERVE_URL": fake.url, "PAST_GATE_MIN_NEW_ITEMS": "1",
-               "PAST_GATE_MIN_ACCURACY": "0", "PAST_SFT_MIN_TRAIN_RECALL": "0", "PAST_SFT_MIN_STEPS_QA": "1", "PAST_SFT_REPLAY_EXAMPLES": "2",
-               "PAST_SFT_EPOCHS_MEMORIZE": "1", "PAST_SFT_EPOCHS_QA": "1", "PAST_GATE_MAX_TOKENS": "8",
+               "PAST_GATE_MIN_ACCURACY": "0", "PAST_SFT_MIN_TRAIN_RECALL": "0", "PAST_SFT__MIN_STEPS_QA": "1", "PAST_SFT__REPLAY_EXAMPLES": "2",
+               "PAST_SFT__EPOCHS_MEMORIZE": "1", "PAST_SFT__EPOCHS_QA": "1", "PAST_GATE_MAX_TOKENS": "8",
                "PREFECT_HOME": str(tmp_path / "prefect")}
         r = past("adapt", str(corpus), "--model-name", "cli-bot", env=env, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
@@ -158,11 +158,11 @@ def test_corpus_split_takes_the_held_out_unit(tmp_path: Path) -> None:
     r = past("corpus", "split", str(facts), "--out", str(tmp_path / "q"), "--by", "question")
     assert r.returncode == 0, r.stderr
     assert json.loads((tmp_path / "q" / "split.json").read_text())["by"] == "question"
-    r = past("corpus", "split", str(facts), "--out", str(tmp_path / "f"), env={"PAST_SFT_SPLIT_BY": "fact"})
+    r = past("corpus", "split", str(facts), "--out", str(tmp_path / "f"), env={"PAST_SFT__SPLIT_BY": "fact"})
     summary = json.loads((tmp_path / "f" / "split.json").read_text())
     assert r.returncode == 0 and summary["by"] == "fact" and summary["eval"] == 0  # every fact asked once
-    r = past("corpus", "split", str(facts), "--out", str(tmp_path / "x"), env={"PAST_SFT_SPLIT_BY": "paragraph"})
-    assert r.returncode == 2 and "sft_split_by" in r.stderr
+    r = past("corpus", "split", str(facts), "--out", str(tmp_path / "x"), env={"PAST_SFT__SPLIT_BY": "paragraph"})
+    assert r.returncode == 2 and "setting 'sft'" in r.stderr and "split_by 'paragraph'" in r.stderr
 
 
 def test_every_recipe_field_is_a_refresh_option_and_old_names_still_work(tmp_path: Path) -> None:

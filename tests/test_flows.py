@@ -44,12 +44,12 @@ def write_corpus(root: Path, tag: str, n_docs: int = 3) -> Path:
 @pytest.fixture()
 def env(monkeypatch, tiny_model_dir: Path) -> None:
     for k, v in {"PAST_BASE_MODEL": str(tiny_model_dir), "PAST_GATE_MIN_ACCURACY": "0",
-                 "PAST_GATE_RETENTION_TOLERANCE": "1", "PAST_SFT_EPOCHS_MEMORIZE": "1", "PAST_SFT_EPOCHS_QA": "1",
+                 "PAST_GATE_RETENTION_TOLERANCE": "1", "PAST_SFT__EPOCHS_MEMORIZE": "1", "PAST_SFT__EPOCHS_QA": "1",
                  "PAST_GATE_MAX_TOKENS": "8", "PAST_GATE_MIN_NEW_ITEMS": "1", "PAST_GATE_MARGIN": "-1",
-                 "PAST_SFT_MIN_TRAIN_RECALL": "0", "PAST_SFT_MIN_STEPS_QA": "2",
+                 "PAST_SFT_MIN_TRAIN_RECALL": "0", "PAST_SFT__MIN_STEPS_QA": "2",
                  # rehearsal stays in the path, small: 48 base-model answers per tiny SFT cost minutes per suite
                  # (rehearsal itself is tested in tests/test_replay.py)
-                 "PAST_SFT_REPLAY_EXAMPLES": "2"}.items():
+                 "PAST_SFT__REPLAY_EXAMPLES": "2"}.items():
         monkeypatch.setenv(k, v)
 
 
@@ -201,7 +201,7 @@ def test_changed_sft_recipe_is_a_new_candidate_after_a_crash_and_after_a_success
         with pytest.raises(RuntimeError, match="power cut"):
             adapt(str(corpus), skill_vector=str(vector))
         monkeypatch.setattr(tasks.gate, "run_gate", real_gate)
-        monkeypatch.setenv("PAST_SFT_LORA_R", "4")  # changed after the crash
+        monkeypatch.setenv("PAST_SFT__LORA_R", "4")  # changed after the crash
         first = adapt(str(corpus), skill_vector=str(vector))
         assert first["promoted"] is True and first["version"] == "2"  # v1: the crashed run's, never gated
         reg = Registry(load_settings())
@@ -275,8 +275,8 @@ def test_refresh_skill_flow_registers_current_vector_with_lineage(harness, env, 
     from flows.refresh_skill import refresh_skill
     from past.skill import read_vector
 
-    for k, v in {"PAST_GRPO_MAX_STEPS": "2", "PAST_GRPO_NUM_GENERATIONS": "2", "PAST_GRPO_PROMPTS_PER_STEP": "1",
-                 "PAST_GRPO_MAX_COMPLETION_LENGTH": "6"}.items():
+    for k, v in {"PAST_GRPO__MAX_STEPS": "2", "PAST_GRPO__NUM_GENERATIONS": "2", "PAST_GRPO__PROMPTS_PER_STEP": "1",
+                 "PAST_GRPO__MAX_COMPLETION_LENGTH": "6"}.items():
         monkeypatch.setenv(k, v)
     source = write_corpus(tmp_path / "source", "brivex", n_docs=4)
     out = refresh_skill(str(source), rounds=2)
@@ -309,7 +309,7 @@ def test_refresh_skill_flow_registers_current_vector_with_lineage(harness, env, 
     assert len(reg.client.search_runs([parent.info.experiment_id], "attributes.run_name LIKE 'refresh-%'")) == 1
     # a changed GRPO budget is a new vector in a new folder; the registered one is untouched
     sha1 = folder_sha256(path)
-    monkeypatch.setenv("PAST_GRPO_MAX_STEPS", "3")
+    monkeypatch.setenv("PAST_GRPO__MAX_STEPS", "3")
     changed = refresh_skill(str(source), rounds=2)
     assert changed["skill_vector_version"] != version and Path(changed["path"]) != path
     assert read_vector(Path(changed["path"]))[0]["lineage"]["grpo_config"]["max_steps"] == 3
@@ -361,7 +361,7 @@ def test_every_valid_corpus_shape_reaches_a_gate_decision(harness, env, shape, m
     """Docs only (the teacher writes QA), QA with and without doc_id, JSONL documents, a long document."""
     from flows.adapt import adapt
 
-    monkeypatch.setenv("PAST_SFT_MIN_STEPS_QA", "1")
+    monkeypatch.setenv("PAST_SFT__MIN_STEPS_QA", "1")
     corpus = _shape(tmp_path / shape, shape)
     with FakeOpenAI(lambda q: "10 kilograms") as fake:
         monkeypatch.setenv("PAST_SERVE_URL", fake.url)
@@ -382,7 +382,7 @@ def test_a_tool_corpus_is_adapted_on_first_calls_and_gated_on_episodes(harness, 
     from flows.adapt import adapt
     from tests.test_tools import GATE_SPEC, GATE_TASKS, agent, tool_corpus
 
-    monkeypatch.setenv("PAST_SFT_MIN_STEPS_QA", "1")
+    monkeypatch.setenv("PAST_SFT__MIN_STEPS_QA", "1")
     corpus = tool_corpus(tmp_path / "tools", GATE_SPEC, GATE_TASKS)
     with FakeOpenAI(agent(finishes=True)) as fake:
         monkeypatch.setenv("PAST_SERVE_URL", fake.url)
@@ -429,7 +429,7 @@ def test_docs_only_corpus_with_an_endpoint_teacher(harness, env, monkeypatch, tm
                                "implications": [f"The {title} is heavy."]})
         return "10 kilograms"
 
-    monkeypatch.setenv("PAST_SFT_MIN_STEPS_QA", "1")
+    monkeypatch.setenv("PAST_SFT__MIN_STEPS_QA", "1")
     corpus = _shape(tmp_path / "docs", "docs-only")
     with FakeOpenAI(answer) as fake:
         monkeypatch.setenv("PAST_SERVE_URL", fake.url)

@@ -372,14 +372,14 @@ def test_stage1_rehearsal_trains_the_base_models_own_answers(tiny_model_dir: Pat
         SFTRecipe(replay_memorize=True, replay_examples=0)
 
 
-def test_stage2_learning_rate_setting_defaults_to_the_stage1_rate() -> None:
+def test_the_sft_section_sets_each_stage_rate_and_stage1_rehearsal() -> None:
     from past.config import load_settings
 
-    same = SFTRecipe.from_settings(load_settings(sft_learning_rate=1e-3))
-    split = SFTRecipe.from_settings(load_settings(sft_learning_rate=1e-3, sft_learning_rate_qa=5e-4,
-                                                  sft_replay_memorize=True))
+    same = SFTRecipe.from_settings(load_settings(env={}, sft={"lr_memorize": 1e-3, "lr_qa": 1e-3}))
+    split = SFTRecipe.from_settings(load_settings(env={}, sft={"lr_memorize": 1e-3, "lr_qa": 5e-4,
+                                                              "replay_memorize": True}))
     assert (same.lr_memorize, same.lr_qa, same.replay_memorize) == (1e-3, 1e-3, False)
     assert (split.lr_memorize, split.lr_qa, split.replay_memorize) == (1e-3, 5e-4, True)
     assert split.memorize_key() != same.memorize_key() and "replay_memorize" not in same.memorize_key()
-    with pytest.raises(ValueError, match="sft_learning_rate_qa"):
-        load_settings(sft_learning_rate_qa=0)
+    with pytest.raises(ValueError, match="lr_qa 0"):
+        load_settings(env={}, sft={"lr_qa": 0})

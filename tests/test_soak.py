@@ -106,8 +106,8 @@ def test_soak_past_up_crash_restart_and_champion_roll(tmp_path: Path, tiny_model
            # a tiny random model: open the gate's floors (what is soaked is the orchestration)
            "PAST_GATE_MIN_ACCURACY": "0", "PAST_GATE_MARGIN": "-1", "PAST_GATE_RETENTION_TOLERANCE": "1",
            "PAST_GATE_MIN_NEW_ITEMS": "1", "PAST_GATE_MAX_ERROR_RATE": "1", "PAST_GATE_BASE_AS_CHAMPION": "false",
-           "PAST_GATE_MAX_TOKENS": "8", "PAST_SFT_MIN_TRAIN_RECALL": "0", "PAST_SFT_EPOCHS_MEMORIZE": "1",
-           "PAST_SFT_EPOCHS_QA": "1", "PAST_SFT_MIN_STEPS_QA": "8", "PAST_SFT_REPLAY_EXAMPLES": "2",
+           "PAST_GATE_MAX_TOKENS": "8", "PAST_SFT_MIN_TRAIN_RECALL": "0", "PAST_SFT__EPOCHS_MEMORIZE": "1",
+           "PAST_SFT__EPOCHS_QA": "1", "PAST_SFT__MIN_STEPS_QA": "8", "PAST_SFT__REPLAY_EXAMPLES": "2",
            "PAST_TEACHER_MIN_QA": "0", "PAST_MLFLOW_UI_URL": f"http://127.0.0.1:{mport}"}
     for k in ("PREFECT_API_URL", "PAST_MLFLOW_TRACKING_URI", "PAST_SERVE_URL", "PAST_CONFIG"):
         env.pop(k, None)

@@ -49,12 +49,12 @@ def test_a_task_cache_key_holds_only_the_settings_that_change_its_result(tmp_pat
         assert cache_key(t, PAST_GATE_REQUEST_TIMEOUT_S="5", PAST_NOTIFY_WEBHOOK_URL="http://hook",
                          PAST_MLFLOW_UI_URL="http://ui") == base, t.name
         assert cache_key(t, PAST_HOME=str(tmp_path / "other-home")) != base, t.name
-    assert cache_key(sft_memorize, PAST_SFT_LORA_R="8") != cache_key(sft_memorize)
-    assert cache_key(sft_memorize, PAST_GRPO_MAX_STEPS="3") == cache_key(sft_memorize)
-    assert cache_key(refine_round, PAST_GRPO_MAX_STEPS="3") != cache_key(refine_round)
+    assert cache_key(sft_memorize, PAST_SFT__LORA_R="8") != cache_key(sft_memorize)
+    assert cache_key(sft_memorize, PAST_GRPO__MAX_STEPS="3") == cache_key(sft_memorize)
+    assert cache_key(refine_round, PAST_GRPO__MAX_STEPS="3") != cache_key(refine_round)
     assert cache_key(refine_round, PAST_JUDGE_MODEL="j") != cache_key(refine_round)
     assert cache_key(teacher_qa, PAST_TEACHER_N_QA="3") != cache_key(teacher_qa)
-    assert cache_key(teacher_qa, PAST_SFT_LORA_R="8") == cache_key(teacher_qa)
+    assert cache_key(teacher_qa, PAST_SFT__LORA_R="8") == cache_key(teacher_qa)
 
 
 def test_a_misspelt_cache_field_fails_at_definition() -> None:
@@ -76,5 +76,5 @@ def test_candidate_key_follows_the_teacher_key_the_teacher_task_caches_on() -> N
     base = key(PAST_TEACHER="extractive")
     assert key(PAST_TEACHER="extractive", PAST_TEACHER_MODEL="unused-by-extractive") == base
     assert key(PAST_TEACHER="extractive", PAST_TEACHER_N_QA="3") != base
-    assert key(PAST_TEACHER="extractive", PAST_SFT_LORA_R="8") != base
+    assert key(PAST_TEACHER="extractive", PAST_SFT__LORA_R="8") != base
     assert key(PAST_TEACHER="extractive", PAST_GATE_REQUEST_TIMEOUT_S="5") == base

@@ -33,7 +33,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--eval-fraction", type=float, default=0.2, help="share held out (default 0.2)")
     s.add_argument("--seed", type=int, default=None, help="split seed (default: the seed setting)")
     s.add_argument("--by", choices=["document", "question", "fact"], default=None,
-                   help="held-out unit (default: the sft_split_by setting); see docs/corpus.md")
+                   help="held-out unit (default: the SFT recipe's split_by, setting sft.split_by); see docs/corpus.md")
     s.set_defaults(func=run_split)
 
     g = csub.add_parser("generate-qa", help="ask a teacher endpoint for QA pairs and implications per document",
@@ -97,13 +97,15 @@ def run_validate(args: argparse.Namespace) -> int:
 def run_split(args: argparse.Namespace) -> int:
     from past.config import load_settings
     from past.corpus import load_corpus, read_qa_jsonl, write_splits
+    from past.sft import SFTRecipe
 
     st = load_settings()
     seed = args.seed if args.seed is not None else st.seed
     with opened_corpus(args.path) as root:
         corpus = load_corpus(root)
         qa = read_qa_jsonl(args.qa) if args.qa else None
-        summary = write_splits(corpus, args.out, qa, args.eval_fraction, seed, args.by or st.sft_split_by)
+        by = args.by or SFTRecipe.from_settings(st).split_by
+        summary = write_splits(corpus, args.out, qa, args.eval_fraction, seed, by)
     print(json.dumps(summary, indent=2))
     return 0
 

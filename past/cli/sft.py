@@ -14,8 +14,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("sft", help="two-stage knowledge SFT of the base model on a corpus",
                        description="Stage 1 memorizes the documents (packed causal LM), stage 2 trains on the "
                        "train side of the QA split (loss on answers only). LoRA by default, merged at the end. "
-                       "Re-running the same command resumes from the last checkpoint. Recipe defaults come from "
-                       "settings (sft_use_lora, sft_epochs_*, sft_learning_rate, seed), then these options.")
+                       "Re-running the same command resumes from the last checkpoint. Recipe fields come from "
+                       "the settings (the [sft] section of past.toml, PAST_SFT__<FIELD>; seed), then these options.")
     p.add_argument("corpus", type=Path, help="corpus folder or archive")
     p.add_argument("--out", type=Path, required=True, help="output model folder (merged, with manifest)")
     p.add_argument("--base", default=None, help="base model name or folder (default: base_model setting)")
