@@ -81,7 +81,7 @@ serve-env-gpu:
 
 ## bench: the cycle's performance figures (issue 14) in one go, each printing its ratios: stage-1 SFT memory
 ## and tokens/s, GRPO step cost per recipe variant, gate throughput (vLLM vs transformers), inject vs mergekit
-## vs cp. About an hour on 2 cores; every figure goes to docs/BENCHMARKS.md with its command.
+## vs cp. 26 min on 2 cores (2026-12-06); every figure goes to docs/BENCHMARKS.md with its command.
 bench: bench-sft-memory bench-grpo-cost bench-gate bench-skill
 
 ## bench-sft-memory: stage-1 peak RSS and tokens/s, a batch of 8 x 512 in one forward vs micro-batches (~15 min)
