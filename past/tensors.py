@@ -31,6 +31,7 @@ import queue
 import struct
 import threading
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -284,6 +285,7 @@ class ShardedWriter:
 
     def _run(self) -> None:
         fd, path = -1, self.out_dir
+        hasher = ThreadPoolExecutor(1, thread_name_prefix="past-shard-sha256")
         try:
             for fname, header, data_bytes in self.files:
                 path = self.out_dir / fname
@@ -298,8 +300,11 @@ class ShardedWriter:
                     if nbytes > left:
                         raise TensorIOError(f"{path}: {nbytes - left} bytes more than the planned tensors")
                     mem = memoryview(buf.numpy())[:nbytes]
+                    # hashing here saves re-reading the output for its manifest; beside the write (both let go
+                    # of the GIL), not after it: a 2 GB inject spent ~0.9 s hashing while no byte was written
+                    hashed = hasher.submit(h.update, mem)
                     _write_all(fd, mem)
-                    h.update(mem)  # hashing here saves re-reading the output for its manifest
+                    hashed.result()
                     left -= nbytes
                     self._pool.put(buf)
                 os.close(fd)
@@ -310,6 +315,7 @@ class ShardedWriter:
         except BaseException as e:  # noqa: BLE001 - handed over to the producer thread
             self._error = e
         finally:
+            hasher.shutdown(wait=True)
             if fd >= 0:
                 os.close(fd)
 
