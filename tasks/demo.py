@@ -11,10 +11,10 @@ from prefect import task
 from past.inbox import READY_MARKER
 from past.registry import Registry
 from past.review import review
-from past.sft import SFTRecipe
 from past.synthetic import make_domains, write_corpus
 from tasks.common import ACCELERATOR_TAG, cached, settings
 from tasks.gate import evalset_path
+from tasks.training import sft_recipe
 
 
 @task(persist_result=True)
@@ -77,7 +77,7 @@ def summarize_demo(skill: dict, watched: dict, timings: dict, model_name: str,
         lines.append(f"  teacher: {r['teacher']}; training check (own training QA, closed-book): "
                      + (f"{r['training_check']['correct']}/{r['training_check']['n']}" if r.get("training_check") else "off"))
         lines.append(f"  reason: {r['reason']}")
-    split_by = SFTRecipe.from_settings(s).split_by
+    split_by = sft_recipe().split_by
     unit = {"fact": "questions worded unlike any training question, about facts the training QA also asks",
             "question": "questions not trained on, about trained documents",
             "document": "questions about documents whose QA was never trained"}[split_by]
