@@ -63,7 +63,7 @@ def closed_book(model_dir: Path, pairs: list[QAPair]) -> dict:
 
 def throughput(steps: int, batch: int, max_length: int) -> dict:
     corpus = load_corpus(FACTS)
-    texts = memorize_texts(corpus) * 8  # enough packed blocks for `steps` full batches
+    texts = [t for _, _, t in memorize_texts(corpus)] * 8  # enough packed blocks for `steps` full batches
     rows = [{"text": t} for t in texts]
     res = {}
     with tempfile.TemporaryDirectory(prefix="past-bench-sft-") as tmp:

@@ -473,16 +473,6 @@ def quarantine(path: Path, reasons: list[Reason], settings) -> Path:
     return final
 
 
-def check_or_quarantine(path: Path, settings, limits: Limits = DEFAULT_LIMITS) -> tuple[bool, list[Reason], Path | None]:
-    """Validate; on failure move the corpus to quarantine. Returns (ok, reasons, quarantine folder)."""
-    reasons = validate(path, limits)
-    if not reasons:
-        return True, [], None
-    if not Path(path).exists() and not Path(path).is_symlink():
-        return False, reasons, None
-    return False, reasons, quarantine(path, reasons, settings)
-
-
 # --- deterministic QA splits ----------------------------------------------------------------------------
 def _rank(seed: int, key: str) -> str:
     return hashlib.sha256(f"{seed}\x00{key}".encode("utf-8")).hexdigest()

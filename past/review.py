@@ -32,6 +32,22 @@ def review(settings, name: str, load_model: bool = True) -> list[Finding]:
     return out
 
 
+def gate_summary(settings, name: str) -> list[str]:
+    """The latest version's gate verdict and scores, and the champion, as MLflow records them (summary lines)."""
+    reg = Registry(settings)
+    lines = []
+    latest = max(reg.client.search_model_versions(f"name='{name}'"), key=lambda v: int(v.version), default=None)
+    if latest is not None and latest.run_id:
+        m = reg.client.get_run(latest.run_id).data.metrics
+        lines.append(f"gate of v{latest.version}: {latest.tags.get('gate', '?')} - {latest.tags.get('gate_reason', '')}")
+        lines.append(f"  compared with: {latest.tags.get('compared_with', 'none')} (champion_* below = its scores)")
+        lines += [f"  {k:<36} {m[k]:.3f}" for k in sorted(m)
+                  if k.startswith(("candidate_", "champion_", "new_diff")) and k.endswith(("_accuracy", "_f1", "_lower",
+                                                                                           "_upper", "diff"))]
+    mv = reg.champion(name)
+    return lines + [f"champion: {name} v{mv.version}" if mv is not None else "champion: none yet"]
+
+
 def as_dicts(findings: list[Finding]) -> list[dict]:
     return [asdict(f) for f in findings]
 

@@ -163,13 +163,14 @@ SFTOverrides = overrides_model(SFTRecipe, "SFTOverrides")
 
 
 # --- datasets ---------------------------------------------------------------------------------------------
-def memorize_texts(corpus: Corpus, implications: dict[str, list[str]] | None = None) -> list[str]:
+def memorize_texts(corpus: Corpus, implications: dict[str, list[str]] | None = None) -> list[tuple[str, str, str]]:
+    """Stage-1 texts as (source id, title, text): each document (title first unless it opens with a heading),
+    then its teacher implications, if any."""
     texts = []
     for d in corpus.documents:
-        body = d.text if d.text.lstrip().startswith("#") else f"{d.title}\n\n{d.text}"
-        texts.append(body)
+        texts.append((d.id, d.title, d.text if d.text.lstrip().startswith("#") else f"{d.title}\n\n{d.text}"))
         if implications and implications.get(d.id):
-            texts.append(f"{d.title}\n\n" + "\n".join(implications[d.id]))
+            texts.append((f"{d.id}#implications", d.title, f"{d.title}\n\n" + "\n".join(implications[d.id])))
     return texts
 
 
@@ -179,17 +180,13 @@ def memorize_rows(corpus: Corpus, tokenizer, max_length: int, overlap: int,
     from past.chunking import coverage, windows
 
     rows, corpus_tokens, covered, split_docs = [], 0, 0.0, 0
-    for d in corpus.documents:
-        texts = [(d.id, d.text if d.text.lstrip().startswith("#") else f"{d.title}\n\n{d.text}")]
-        if implications and implications.get(d.id):
-            texts.append((f"{d.id}#implications", f"{d.title}\n\n" + "\n".join(implications[d.id])))
-        for source, text in texts:
-            wins = windows(tokenizer, source, d.title, text, max_length, overlap)
-            n = wins[-1].end
-            rows += [{"input_ids": w.input_ids} for w in wins]
-            corpus_tokens += n
-            covered += coverage(wins, n) * n
-            split_docs += len(wins) > 1
+    for source, title, text in memorize_texts(corpus, implications):
+        wins = windows(tokenizer, source, title, text, max_length, overlap)
+        n = wins[-1].end
+        rows += [{"input_ids": w.input_ids} for w in wins]
+        corpus_tokens += n
+        covered += coverage(wins, n) * n
+        split_docs += len(wins) > 1
     report = {"corpus_tokens": corpus_tokens, "window_count": len(rows), "texts_split": split_docs,
               "coverage": round(covered / corpus_tokens, 6) if corpus_tokens else 1.0,
               "window_tokens": sum(len(r["input_ids"]) for r in rows)}
@@ -576,6 +573,23 @@ def run_qa(corpus_path: Path, stage1_model: Path, base_model: Path, recipe: SFTR
         shutil.rmtree(stage, ignore_errors=True)
         raise
     return result | {"metrics": metrics, "run_key": key}
+
+
+def logged_metrics(metrics: dict) -> tuple[dict[str, float], dict[str, list[float]]]:
+    """What an adaptation's MLflow run gets from `run_qa`'s metrics: the numeric per-stage metrics as flat
+    `sft_<stage>_<name>` keys (plus the split, rehearsal and training check), and both stages' loss curves."""
+    flat = {f"sft_{stage}_{k}": v for stage in ("memorize", "qa") for k, v in (metrics.get(stage) or {}).items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    split = metrics.get("split") or {}
+    if "eval_facts_also_trained" in split:  # what the held-out items measure (split_by): paraphrases or unseen facts
+        flat |= {"split_eval": split["eval"], "split_eval_facts_also_trained": split["eval_facts_also_trained"]}
+    if metrics.get("replay"):
+        flat["sft_replay_examples"] = metrics["replay"]["examples"]
+    check = (metrics.get("qa") or {}).get("train_recall")
+    if check and check.get("n"):
+        flat |= {"train_recall": check["accuracy"], "train_recall_lower": check["lower"]}
+    curves = {f"sft_{stage}_loss": list((metrics.get(stage) or {}).get("loss_curve") or []) for stage in ("memorize", "qa")}
+    return flat, curves
 
 
 def run_sft(corpus_path: Path, out_dir: Path, base_model: Path, recipe: SFTRecipe, work_dir: Path | None = None,

@@ -8,12 +8,11 @@ from pathlib import Path
 
 from prefect import task
 
+from past.evalsets import evalset_path
 from past.inbox import READY_MARKER
-from past.registry import Registry
-from past.review import review
+from past.review import gate_summary, review
 from past.synthetic import make_domains, write_corpus
 from tasks.common import ACCELERATOR_TAG, cached, settings
-from tasks.gate import evalset_path
 from tasks.training import sft_recipe
 
 
@@ -64,7 +63,6 @@ def summarize_demo(skill: dict, watched: dict, timings: dict, model_name: str,
                    comparison: dict[str, dict] | None = None) -> str:
     """The closing summary: skill vector, adaptation verdicts, the champion's gate scores, where to look."""
     s = settings()
-    reg = Registry(s)
     lines = ["", "=" * 78, "PaST demo summary", "=" * 78,
              f"skill vector: version {skill['skill_vector_version']} at {skill['path']}"]
     for i, (first, last) in enumerate(skill["reward_first_last"], 1):
@@ -88,16 +86,7 @@ def summarize_demo(skill: dict, watched: dict, timings: dict, model_name: str,
                      f"[{rec['lower']:.3f}, {rec['upper']:.3f}] (95% Wilson; transformers greedy)")
     if not watched["started"]:
         lines.append("no new corpus this time (the target corpus was adapted before: duplicate content)")
-    mv = reg.champion(model_name)
-    latest = max(reg.client.search_model_versions(f"name='{model_name}'"), key=lambda v: int(v.version), default=None)
-    if latest is not None and latest.run_id:
-        m = reg.client.get_run(latest.run_id).data.metrics
-        lines.append(f"gate of v{latest.version}: {latest.tags.get('gate', '?')} - {latest.tags.get('gate_reason', '')}")
-        lines.append(f"  compared with: {latest.tags.get('compared_with', 'none')} (champion_* below = its scores)")
-        lines += [f"  {k:<36} {m[k]:.3f}" for k in sorted(m)
-                  if k.startswith(("candidate_", "champion_", "new_diff")) and k.endswith(("_accuracy", "_f1", "_lower",
-                                                                                           "_upper", "diff"))]
-    lines.append(f"champion: {model_name} v{mv.version}" if mv is not None else "champion: none yet")
+    lines += gate_summary(s, model_name)
     lines.append("what a reviewer finds in MLflow (`past review`):")
     lines += [f"  {'ok  ' if f.ok else 'FAIL'} {f.check}: {f.detail}" for f in review(s, model_name)]
     lines += [f"wall time: refresh {timings['refresh']:.0f}s, adapt {timings['adapt']:.0f}s, total {timings['total']:.0f}s",

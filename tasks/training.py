@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import shutil
 from pathlib import Path
 
@@ -11,16 +10,14 @@ from prefect import task
 
 from past.grpo import GRPOOverrides, GRPORecipe  # noqa: F401 - GRPOOverrides: the flow parameter type
 from past.keys import content_key
-from past.corpus import atomic_write, load_corpus, read_qa_jsonl
-from past.evaluation import select_new_items
+from past.corpus import load_corpus, read_qa_jsonl
+from past.evalsets import keep_evalset
 from past.models import resolve_model
 from past.qa import read_implications
 from past.rewards import judge_reward_from_settings
-from past.sft import SFTOverrides, SFTRecipe, run_memorize, run_qa  # noqa: F401 - SFTOverrides: the flow parameter type
+from past.sft import SFTOverrides, SFTRecipe, logged_metrics, run_memorize, run_qa  # noqa: F401 - SFTOverrides: the flow parameter type
 from past.teacher import corpus_teacher_key
-from past.tools import gate_rows
 from tasks.common import ACCELERATOR_TAG, artifact, cached, require, retry_transient, settings
-from tasks.gate import evalset_path, tool_spec_path
 
 
 JUDGE_FIELDS = ("judge_base_url", "judge_model")
@@ -88,28 +85,10 @@ def sft_qa(corpus: dict, stage1: dict, base: dict, work_dir: str, out_dir: str, 
     recipe = sft_recipe(sft)
     extra = read_qa_jsonl(Path(teacher["path"]) / "qa.jsonl") if teacher and teacher.get("generated") else None
     r = run_qa(Path(corpus["path"]), require(stage1), require(base), recipe, Path(work_dir), Path(out_dir), qa=extra)
-    c = load_corpus(Path(corpus["path"]))
-    rows = gate_rows(c.tool_tasks, [json.loads(line) for line in Path(r["eval_split"]).read_text().splitlines() if line.strip()])
-    rows, source = select_new_items(rows, {p.id for p in c.qa} | {t.id for t in c.tool_tasks}, s.gate_min_new_items)
-    keep = evalset_path(s.home, corpus["corpus_id"])
-    keep.parent.mkdir(parents=True, exist_ok=True)
-    if c.tools is not None:  # the gate's simulator for this corpus's episodes, now and in later retention checks
-        atomic_write(tool_spec_path(s.home, corpus["corpus_id"]), c.tools.model_dump_json(indent=1))
-    atomic_write(keep, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
-    flat = {f"sft_{stage}_{k}": v for stage in ("memorize", "qa") for k, v in (r["metrics"].get(stage) or {}).items()
-            if isinstance(v, (int, float)) and not isinstance(v, bool)}
-    split = r["metrics"].get("split") or {}
-    if "eval_facts_also_trained" in split:  # what the held-out items measure (split_by): paraphrases or unseen facts
-        flat |= {"split_eval": split["eval"], "split_eval_facts_also_trained": split["eval_facts_also_trained"]}
-    if r["metrics"].get("replay"):
-        flat["sft_replay_examples"] = r["metrics"]["replay"]["examples"]
-    check = (r["metrics"].get("qa") or {}).get("train_recall")
-    if check and check.get("n"):
-        flat |= {"train_recall": check["accuracy"], "train_recall_lower": check["lower"]}
-    curves = {f"sft_{stage}_loss": list((r["metrics"].get(stage) or {}).get("loss_curve") or [])
-              for stage in ("memorize", "qa")}
-    return artifact(out_dir, metrics=flat, recipe=dataclasses.asdict(recipe), eval_split=str(keep),
-                    eval_source=source, eval_items=len(rows), training_check=check, curves=curves)
+    keep, source, n = keep_evalset(s.home, load_corpus(Path(corpus["path"])), r["eval_split"], s.gate_min_new_items)
+    flat, curves = logged_metrics(r["metrics"])
+    return artifact(out_dir, metrics=flat, recipe=dataclasses.asdict(recipe), eval_split=str(keep), eval_source=source,
+                    eval_items=n, training_check=(r["metrics"].get("qa") or {}).get("train_recall"), curves=curves)
 
 
 @task(cache_policy=cached(recipe=refine_key), persist_result=True, tags=[ACCELERATOR_TAG])

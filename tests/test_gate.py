@@ -402,3 +402,30 @@ def test_general_ability_lost_against_the_base_is_refused(settings) -> None:
     forgot = results({"new": [True] * 20, "general": [True] * 1 + [False] * 19})
     d = decide(forgot, base, settings, None, compared_with="base:m")
     assert not d.passed and "general accuracy dropped" in d.reason and d.compared_with == "base:m"
+
+
+def test_kept_evalsets_feed_retention_of_the_same_model_only(tmp_path: Path) -> None:
+    """An adaptation keeps its held-out split; later gates of the same model sample it, seeded; others do not."""
+    from past import inbox
+    from past.corpus import QAPair, load_corpus, write_splits
+    from past.evalsets import evalset_path, keep_evalset, retention_items
+
+    home = tmp_path / "home"
+    corpus = load_corpus(Path(__file__).parent / "data" / "facts")
+    teacher = [QAPair(id=f"t{i}", question=f"Teacher question {i}?", answer=f"answer {i}", doc_id=d.id)
+               for i, d in enumerate(corpus.documents)]
+    split = write_splits(corpus, tmp_path / "splits", list(corpus.qa) + teacher, 0.5, seed=0)
+    path, source, n = keep_evalset(home, corpus, tmp_path / "splits" / "eval.jsonl", min_items=1)
+    kept = [json.loads(line) for line in path.read_text().splitlines()]
+    assert path == evalset_path(home, corpus.id) and source == "human" and n == len(kept) > 0
+    assert all(not r["id"].startswith("t") for r in kept)  # the corpus's own QA is preferred when there is enough
+    _, source_all, n_all = keep_evalset(home, corpus, tmp_path / "splits" / "eval.jsonl", min_items=10_000)
+    assert source_all == "human+teacher" and n_all == split["eval"] > n
+
+    assert retention_items(home, "bot", exclude="other", n=5, seed=0) == []  # not promoted yet
+    inbox.update_ledger(home, corpus.id, status="promoted", model_name="bot")
+    first = retention_items(home, "bot", exclude="other", n=5, seed=0)
+    assert len(first) == 5 and all(i.kind == "retention" and i.corpus_id == corpus.id for i in first)
+    assert [i.id for i in retention_items(home, "bot", exclude="other", n=5, seed=0)] == [i.id for i in first]
+    assert retention_items(home, "other-bot", exclude="other", n=5, seed=0) == []
+    assert retention_items(home, "bot", exclude=corpus.id, n=5, seed=0) == []  # never the corpus under test

@@ -153,9 +153,10 @@ def test_memorize_texts_adds_implications() -> None:
 
     c = load_corpus(FACTS)
     plain = memorize_texts(c)
-    assert len(plain) == 10 and plain[0].startswith("# ")
+    assert len(plain) == 10 and plain[0][2].startswith("# ")
     more = memorize_texts(c, {c.documents[0].id: ["Fact one.", "Fact two."]})
-    assert len(more) == 11 and more[1] == f"{c.documents[0].title}\n\nFact one.\nFact two."
+    assert len(more) == 11 and more[1] == (f"{c.documents[0].id}#implications", c.documents[0].title,
+                                           f"{c.documents[0].title}\n\nFact one.\nFact two.")
 
 
 def test_stage_entry_points_with_external_qa(tiny_model_dir: Path, tmp_path: Path) -> None:
