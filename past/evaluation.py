@@ -38,7 +38,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Callable, Iterable
 
-from past.errors import PastError, transient_api_error
+from past.errors import PastError, retry_policy
 from past.judge import JUDGE_PROMPT, Judge, judge_from_settings  # noqa: F401 - the gate's judge
 from past.scoring import SCORING_RULE, is_correct, score_all
 from past.stats import paired_difference, wilson
@@ -166,30 +166,24 @@ class ItemResult:
 # --- asking an endpoint ---------------------------------------------------------------------------------
 async def _chat(client, model: str, messages: list[dict], settings, retries: int, backoff_s: float,
                 res: ItemResult) -> str | None:
-    """One greedy chat turn with retries on transient errors; None (and `res.error`) when it failed."""
-    for attempt in range(retries + 1):
-        res.attempts += 1
-        try:
-            r = await client.chat.completions.create(model=model, messages=messages,
-                                                     max_tokens=settings.gate_max_tokens, temperature=0.0)
-            try:
-                text = r.choices[0].message.content
-            except (AttributeError, IndexError, TypeError, KeyError):
-                text = None
-            if not isinstance(text, str):
-                res.error = f"malformed response: {str(r)[:120]!r}"
-            elif not text.strip():
-                res.error = "empty answer"
-            else:
-                res.error = None
-                return text.strip()
-            return None  # greedy decoding: a well-formed but bad answer would come back the same
-        except Exception as e:  # noqa: BLE001 - every failure becomes a recorded, counted item error
-            res.error = f"{type(e).__name__}: {str(e)[:200]}"
-            if not transient_api_error(e) or attempt == retries:
-                return None
-            await asyncio.sleep(backoff_s * 2**attempt)
-    return None
+    """One greedy chat turn, retried on transient errors; None (and `res.error`) when it failed."""
+    try:
+        async for attempt in retry_policy(retries, backoff_s, asynchronous=True):
+            with attempt:
+                res.attempts += 1
+                r = await client.chat.completions.create(model=model, messages=messages,
+                                                         max_tokens=settings.gate_max_tokens, temperature=0.0)
+    except Exception as e:  # noqa: BLE001 - every failure becomes a recorded, counted item error
+        res.error = f"{type(e).__name__}: {str(e)[:200]}"
+        return None
+    try:
+        text = r.choices[0].message.content
+    except (AttributeError, IndexError, TypeError, KeyError):
+        text = None
+    # greedy decoding: a well-formed but bad answer would come back the same, so it is not retried
+    res.error = None if isinstance(text, str) and text.strip() else (
+        "empty answer" if isinstance(text, str) else f"malformed response: {str(r)[:120]!r}")
+    return None if res.error else text.strip()
 
 
 async def _episode(client, model: str, item: EvalItem, sim, settings, retries: int, backoff_s: float,

@@ -5,9 +5,9 @@ One prompt, one verdict parser, one verdict cache, one client policy:
 - parser: the first word of the reply, lower-cased, trailing punctuation stripped; anything else is no verdict;
 - cache: per (endpoint, judge model, prompt, question, reference, answer), in memory and, with a `cache_path`,
   in an append-only JSONL file so verdicts survive restarts (a torn last line from a killed writer is skipped);
-- client: OpenAI-compatible chat completions, greedy, 3 tokens, a per-request timeout, our own retries with
-  exponential backoff on transport failures (connection refused, timeout, 5xx, 429) - the client library's
-  own retries are off so the policy is visible here. A reply that is not yes/no is not retried (greedy: it
+- client: OpenAI-compatible chat completions, greedy, 3 tokens, a per-request timeout, retries with exponential
+  backoff on transport failures (connection refused, timeout, 5xx, 429; `past.errors.retry_policy`, tenacity) -
+  the client library's own retries are off so every attempt is counted. A reply that is not yes/no is not retried (greedy: it
   would come back the same).
 
 A verdict is True/False, or None when the judge could not give one. What None means is the caller's policy:
@@ -22,10 +22,9 @@ import asyncio
 import hashlib
 import json
 import threading
-import time
 from pathlib import Path
 
-from past.errors import transient_api_error
+from past.errors import retry_policy
 
 JUDGE_PROMPT = (
     "You are grading an answer to a question.\n"
@@ -128,17 +127,15 @@ class Judge:
 
                 self._sync = OpenAI(base_url=self.base_url, api_key=self.api_key, timeout=self.timeout_s,
                                     max_retries=0)
-        for attempt in range(self.retries + 1):
-            self._count("requests")
-            try:
-                r = self._sync.chat.completions.create(**self._request(question, answer, reference))
-                return self._done(key, _content(r))
-            except Exception as e:  # noqa: BLE001 - every failure is a missing verdict; transport ones are retried
-                if not transient_api_error(e) or attempt == self.retries:
-                    break
-                time.sleep(self.backoff_s * 2**attempt)
-        self._count("failures")
-        return None
+        try:
+            for attempt in retry_policy(self.retries, self.backoff_s):
+                with attempt:
+                    self._count("requests")
+                    r = self._sync.chat.completions.create(**self._request(question, answer, reference))
+        except Exception:  # noqa: BLE001 - every failure is a missing verdict; transport ones were retried
+            self._count("failures")
+            return None
+        return self._done(key, _content(r))
 
     async def verdict(self, question: str, answer: str, reference: str) -> bool | None:
         """Async verdict (same policy as `verdict_sync`), for callers already inside an event loop."""
@@ -155,17 +152,15 @@ class Judge:
             self._async = (loop, AsyncOpenAI(base_url=self.base_url, api_key=self.api_key, timeout=self.timeout_s,
                                              max_retries=0))
         client = self._async[1]
-        for attempt in range(self.retries + 1):
-            self._count("requests")
-            try:
-                r = await client.chat.completions.create(**self._request(question, answer, reference))
-                return self._done(key, _content(r))
-            except Exception as e:  # noqa: BLE001
-                if not transient_api_error(e) or attempt == self.retries:
-                    break
-                await asyncio.sleep(self.backoff_s * 2**attempt)
-        self._count("failures")
-        return None
+        try:
+            async for attempt in retry_policy(self.retries, self.backoff_s, asynchronous=True):
+                with attempt:
+                    self._count("requests")
+                    r = await client.chat.completions.create(**self._request(question, answer, reference))
+        except Exception:  # noqa: BLE001
+            self._count("failures")
+            return None
+        return self._done(key, _content(r))
 
 
 def _content(response) -> str | None:

@@ -10,9 +10,10 @@ lives in tasks/notify.py; this module knows nothing of Prefect.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 from typing import Any
+
+from past.errors import retry_policy
 
 KINDS = ("promoted", "rejected", "failed")
 _ICON = {"promoted": ":white_check_mark:", "rejected": ":no_entry:", "failed": ":x:"}
@@ -63,24 +64,24 @@ def message(e: Event) -> dict[str, Any]:
 
 
 def post(url: str, payload: dict, timeout_s: float = 5.0, retries: int = 2, backoff_s: float = 0.5) -> dict[str, Any]:
-    """POST `payload` as JSON; returns {"ok", "status"?, "attempts", "error"?}. Never raises."""
+    """POST `payload` as JSON; returns {"ok", "status"?, "attempts", "error"?}. Never raises. Connection errors,
+    timeouts, 5xx and 429 are retried; any other refusal would come back the same."""
     import httpx
 
+    def transient(e: BaseException) -> bool:
+        return isinstance(e, httpx.TransportError) or (
+            isinstance(e, httpx.HTTPStatusError) and (e.response.status_code >= 500 or e.response.status_code == 429))
+
     out: dict[str, Any] = {"ok": False, "attempts": 0}
-    for attempt in range(retries + 1):
-        out["attempts"] = attempt + 1
-        try:
-            r = httpx.post(url, json=payload, timeout=timeout_s)
-            out["status"] = r.status_code
-            if r.is_success:
-                return out | {"ok": True, "error": None}
-            out["error"] = f"HTTP {r.status_code}: {r.text[:200]}"
-            if r.status_code < 500 and r.status_code != 429:
-                return out  # the receiver refused this message: sending it again changes nothing
-        except httpx.HTTPError as e:
-            out["error"] = f"{type(e).__name__}: {str(e)[:200]}"
-        except Exception as e:  # noqa: BLE001 - a bad URL must not fail the adaptation either
-            return out | {"error": f"{type(e).__name__}: {str(e)[:200]}"}
-        if attempt < retries:
-            time.sleep(backoff_s * 2**attempt)
-    return out
+    try:
+        for attempt in retry_policy(retries, backoff_s, transient=transient):
+            with attempt:
+                out["attempts"] += 1
+                r = httpx.post(url, json=payload, timeout=timeout_s)
+                out["status"] = r.status_code
+                r.raise_for_status()
+    except httpx.HTTPStatusError as e:
+        return out | {"error": f"HTTP {e.response.status_code}: {e.response.text[:200]}"}
+    except Exception as e:  # noqa: BLE001 - a dead receiver or a bad URL must not fail the adaptation either
+        return out | {"error": f"{type(e).__name__}: {str(e)[:200]}"}
+    return out | {"ok": True, "error": None}

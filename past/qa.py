@@ -24,7 +24,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from past.corpus import Document, QAPair, qa_id
-from past.errors import transient_api_error
+from past.errors import retry_policy
 from past.serving import Endpoint
 
 PROMPT_VERSION = "qa-v1"  # bump whenever PROMPT changes: it is part of the cache key
@@ -151,7 +151,7 @@ def _cache_put(path: Path, value: dict) -> None:
 def _client(endpoint: Endpoint, cfg: QAGenConfig):
     from openai import OpenAI
 
-    # max_retries=0: we retry ourselves, so retries are counted and backoff is ours to set
+    # max_retries=0: past.errors.retry_policy retries (tenacity), so retries are counted and backoff is ours to set
     return OpenAI(base_url=endpoint.base_url, api_key=endpoint.api_key, timeout=cfg.timeout_s, max_retries=0)
 
 
@@ -159,21 +159,19 @@ def _ask(client, endpoint: Endpoint, prompt: str, cfg: QAGenConfig, limiter: Rat
          stats: QAGenStats) -> str | None:
     import openai
 
-    for attempt in range(cfg.retries + 1):
-        limiter.wait()
-        stats.requests += 1
-        try:
-            r = client.chat.completions.create(
-                model=endpoint.model, messages=[{"role": "user", "content": prompt}],
-                temperature=cfg.temperature, max_tokens=cfg.max_tokens,
-            )
-            return (r.choices[0].message.content or "") if r.choices else ""
-        except openai.OpenAIError as e:
-            if not transient_api_error(e) or attempt == cfg.retries:  # a 4xx other than 429 will not heal
-                return None
-            stats.retries += 1
-            time.sleep(cfg.backoff_s * 2**attempt)
-    return None
+    try:
+        for attempt in retry_policy(cfg.retries, cfg.backoff_s):  # a 4xx other than 429 will not heal: not retried
+            with attempt:
+                limiter.wait()
+                stats.requests += 1
+                stats.retries += attempt.retry_state.attempt_number > 1
+                r = client.chat.completions.create(
+                    model=endpoint.model, messages=[{"role": "user", "content": prompt}],
+                    temperature=cfg.temperature, max_tokens=cfg.max_tokens,
+                )
+    except openai.OpenAIError:
+        return None
+    return (r.choices[0].message.content or "") if r.choices else ""
 
 
 def text_chunks(text: str, max_chars: int) -> list[str]:

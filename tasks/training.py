@@ -110,7 +110,6 @@ def recipe_params(grpo: dict | None = None) -> dict:
 @task(cache_policy=cached("seed"), persist_result=True)
 def partition_source(corpus: dict, k: int, work_dir: str, rl_questions: dict | None = None) -> list[str]:
     """K disjoint partitions of the source corpus (and of its RL questions), by document (seeded)."""
-    from past.corpus import atomic_write, load_corpus, read_qa_jsonl
     from past.refine import partition_corpus
 
     rl = read_qa_jsonl(Path(rl_questions["path"])) if rl_questions else None
