@@ -7,8 +7,8 @@ One prompt, one verdict parser, one verdict cache, one client policy:
   in an append-only JSONL file so verdicts survive restarts (a torn last line from a killed writer is skipped);
 - client: OpenAI-compatible chat completions, greedy, 3 tokens, a per-request timeout, retries with exponential
   backoff on transport failures (connection refused, timeout, 5xx, 429; `past.errors.retry_policy`, tenacity) -
-  the client library's own retries are off so every attempt is counted. A reply that is not yes/no is not retried (greedy: it
-  would come back the same).
+  the client library's own retries are off so every attempt is counted. A reply that is not yes/no is not
+  retried (greedy: it would come back the same).
 
 A verdict is True/False, or None when the judge could not give one. What None means is the caller's policy:
 the gate fails closed (counted as an error), the GRPO reward falls back to token-F1 and trips a breaker.

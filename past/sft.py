@@ -588,7 +588,8 @@ def logged_metrics(metrics: dict) -> tuple[dict[str, float], dict[str, list[floa
     check = (metrics.get("qa") or {}).get("train_recall")
     if check and check.get("n"):
         flat |= {"train_recall": check["accuracy"], "train_recall_lower": check["lower"]}
-    curves = {f"sft_{stage}_loss": list((metrics.get(stage) or {}).get("loss_curve") or []) for stage in ("memorize", "qa")}
+    curves = {f"sft_{stage}_loss": list((metrics.get(stage) or {}).get("loss_curve") or [])
+              for stage in ("memorize", "qa")}
     return flat, curves
 
 
